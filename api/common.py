@@ -1,0 +1,189 @@
+"""Building blocks shared by the three resource types: base model, storage locations, pod settings."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "freeatm.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Job names get suffixes (-gen, -train, -eval, pod index): keep resource names well below 63 characters.
+MAX_NAME_LENGTH = 48
+
+_CREDENTIAL_KEY = re.compile(
+    r"(?i)^(aws_?)?(access_?key(_?id)?|secret(_?access)?_?key|secret|password|passwd|token|session_?token|credentials?)$"
+)
+
+
+class Model(BaseModel):
+    """Base for every API type: camelCase on the wire, unknown fields are errors, field docstrings are the docs."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase JSON form, without unset optional fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+Quantity = Annotated[str | int, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+FreeForm = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+
+
+def check_uri(uri: str, allowed: tuple[str, ...], what: str) -> str:
+    """Check that `uri` has one of the `allowed` schemes and carries no credentials; return it unchanged."""
+    parts = urlsplit(uri)
+    if parts.scheme not in allowed:
+        shown = parts.scheme + "://" if parts.scheme else "no scheme"
+        raise ValueError(
+            f"{what} URI {uri!r} has {shown}; use one of: " + ", ".join(f"{s}://" for s in allowed)
+        )
+    if parts.username or parts.password:
+        raise ValueError(
+            f"{what} URI {uri!r} carries credentials; put them in a Secret and reference it with secretRef"
+        )
+    if parts.scheme in ("s3", "pvc", "hf", "toy") and not parts.netloc:
+        raise ValueError(f"{what} URI {uri!r} has no {'bucket' if parts.scheme == 's3' else 'name'} after {parts.scheme}://")
+    if parts.scheme == "file" and not parts.path.startswith("/"):
+        raise ValueError(f"{what} URI {uri!r} must be an absolute path: file:///abs/path")
+    return uri
+
+
+def find_inline_credentials(value: Any, path: str = "spec") -> list[str]:
+    """Field paths under `value` whose key names a credential (access key, secret key, password, token)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}"
+            if isinstance(key, str) and _CREDENTIAL_KEY.match(key.replace("-", "_")) and not isinstance(item, dict):
+                found.append(here)
+            elif key == "env" and isinstance(item, list):
+                for i, env in enumerate(item):
+                    name = env.get("name", "") if isinstance(env, dict) else ""
+                    if _CREDENTIAL_KEY.match(str(name)) and "value" in env:
+                        found.append(f"{here}[{i}].value")
+            else:
+                found.extend(find_inline_credentials(item, here))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found.extend(find_inline_credentials(item, f"{path}[{i}]"))
+    return found
+
+
+class SecretRef(Model):
+    """A Secret in the resource's namespace whose keys become the pod's environment (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, HF_TOKEN)."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Secret."""
+
+
+OUTPUT_SCHEMES = ("s3", "pvc", "file")
+
+
+class Output(Model):
+    """Where the workload writes its results."""
+
+    uri: str
+    """Destination: s3://bucket/prefix, pvc://claim/path or file:///path (local mode)."""
+    secret_ref: SecretRef | None = None
+    """Secret with the storage credentials (never written inline)."""
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, uri: str) -> str:
+        return check_uri(uri, OUTPUT_SCHEMES, "output")
+
+
+class Dependency(Model):
+    """An explicit dependency: this resource starts only after that one has Succeeded."""
+
+    kind: Literal["SyntheticDataset", "MaskPretrainJob", "EvalJob"]
+    """Kind of the resource waited for."""
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the resource waited for, in the same namespace."""
+
+
+class Toleration(Model):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: str | None = None
+    """Taint key the toleration applies to; empty matches all keys."""
+    operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal (default Equal)."""
+    value: str | None = None
+    """Taint value the toleration matches (with operator Equal)."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all effects."""
+    toleration_seconds: int | None = Field(default=None, ge=0)
+    """How long a NoExecute taint is tolerated."""
+
+
+class Resources(Model):
+    """Compute resources of each workload container (core/v1 ResourceRequirements)."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    """Minimum resources, e.g. {cpu: 4, memory: 16Gi}."""
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+    """Maximum resources, e.g. {nvidia.com/gpu: 1}."""
+
+
+class WorkloadSpec(Model):
+    """Fields every freeatm resource has: dependencies, scheduling and Job settings."""
+
+    depends_on: list[Dependency] = Field(default_factory=list)
+    """Resources that must have Succeeded before this one starts (beside the implicit dependency of a ref)."""
+    on_dependency_failure: Literal["Fail", "Wait"] = "Fail"
+    """What to do when a dependency Failed: Fail this resource (reason DependencyFailed) or keep Waiting."""
+    image: str | None = None
+    """Container image of the workload; default: the operator's configured runtime image."""
+    resources: Resources | None = None
+    """Compute resources of each workload container."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the workload pods must match."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Taints the workload pods tolerate."""
+    priority_class_name: str | None = None
+    """PriorityClass of the workload pods."""
+    service_account_name: str | None = None
+    """ServiceAccount of the workload pods; default: the chart's runtime ServiceAccount."""
+    pod_template: FreeForm | None = None
+    """Pod template overrides (metadata and spec), merged over what the operator renders."""
+    queue_name: str | None = None
+    """Kueue LocalQueue: set as the kueue.x-k8s.io/queue-name label of the Job."""
+    suspend: bool = False
+    """Suspend the workload (its Job is suspended; pods are stopped, progress is kept)."""
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    """Retries of a failed pod before the workload fails (bad input fails at once; evictions don't count)."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Wall-clock limit of the workload in seconds."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the finished Job (not this resource) after this many seconds."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_credentials(cls, data: Any) -> Any:
+        paths = find_inline_credentials(data)
+        if paths:
+            raise ValueError(
+                "credentials must not be written into the spec (found at "
+                + ", ".join(paths)
+                + "); store them in a Secret and reference it with secretRef: {name: ...}"
+            )
+        return data
+
+    def explicit_dependencies(self) -> list[tuple[str, str]]:
+        """(kind, name) of every dependency, implicit refs included; kinds override to add their refs."""
+        return [(d.kind, d.name) for d in self.depends_on]

@@ -1,0 +1,225 @@
+"""One storage module for every URI the runtime reads or writes: file://, pvc:// and s3:// (DESIGN §5).
+
+Writes are atomic: a local file is written under a temporary name in the same directory and renamed; an S3
+object only becomes visible once its upload completed. Credentials and endpoint come from the environment, as
+a Secret referenced by the resource sets them (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
+AWS_REGION), so MinIO, Ceph and SeaweedFS work like AWS. boto3 retries throttling and connection errors with
+exponential backoff ("standard" mode); what still fails becomes a TransientError (network) or InvalidInput
+(missing bucket, denied access) with the URI in the message.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from .errors import InvalidInput, TransientError
+
+PVC_ROOT_ENV = "FREEATM_PVC_ROOT"  # where the operator mounts claims: <root>/<claim>/
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+
+
+class MissingKey(InvalidInput):
+    """The object or file does not exist."""
+
+
+class Store(Protocol):
+    """A prefix in some storage, addressed by relative keys such as 'shards/shard-00000.tar'."""
+
+    uri: str
+
+    def read_bytes(self, key: str) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def upload(self, local: Path, key: str) -> None: ...
+    def download(self, key: str, local: Path) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def delete(self, key: str) -> None: ...
+    def url(self, key: str) -> str: ...
+
+
+def local_path(uri: str) -> Path | None:
+    """The filesystem path of a file:// or pvc:// URI, None for others."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        return Path(parts.path)
+    if parts.scheme == "pvc":
+        root = Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT))
+        return root / parts.netloc / parts.path.lstrip("/")
+    return None
+
+
+def open_store(uri: str) -> Store:
+    """The Store for `uri`; raises InvalidInput for a scheme that is not storage."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("file", "pvc"):
+        return LocalStore(uri, local_path(uri))  # type: ignore[arg-type]
+    if parts.scheme == "s3":
+        return S3Store(uri, parts.netloc, parts.path.strip("/"))
+    raise InvalidInput(f"{uri!r}: unsupported storage scheme {parts.scheme or '(none)'!r}; use file://, pvc:// or s3://")
+
+
+def join(uri: str, key: str) -> str:
+    return uri.rstrip("/") + "/" + key.lstrip("/")
+
+
+class LocalStore:
+    """file:// and pvc:// (a mounted claim)."""
+
+    def __init__(self, uri: str, root: Path) -> None:
+        self.uri, self.root = uri.rstrip("/"), root
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as e:
+            raise MissingKey(f"{self.url(key)} does not exist") from e
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except PermissionError as e:
+            raise InvalidInput(f"cannot write {self.url(key)}: {e.strerror}; check the output location") from e
+        except OSError as e:
+            raise TransientError(f"cannot write {self.url(key)}: {e}") from e
+
+    def upload(self, local: Path, key: str) -> None:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            with local.open("rb") as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            os.replace(tmp, target)
+        except PermissionError as e:
+            raise InvalidInput(f"cannot write {self.url(key)}: {e.strerror}; check the output location") from e
+
+    def download(self, key: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(self.read_bytes(key))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.exists():
+            return []
+        files = [base] if base.is_file() else [p for p in base.rglob("*") if p.is_file()]
+        return sorted(
+            str(p.relative_to(self.root)) for p in files if not p.name.startswith(".")  # skip temp files
+        )
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def url(self, key: str) -> str:
+        return join(self.uri, key)
+
+
+class S3Store:
+    """s3://bucket/prefix through boto3."""
+
+    def __init__(self, uri: str, bucket: str, prefix: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.uri, self.bucket, self.prefix = uri.rstrip("/"), bucket, prefix
+        attempts = int(os.environ.get("FREEATM_S3_MAX_ATTEMPTS", "5"))
+        self.client = boto3.client(
+            "s3", config=Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=10)
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, key: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            url = self.url(key)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise MissingKey(f"{url} does not exist") from e
+            if code == "NoSuchBucket":
+                raise InvalidInput(f"{url}: bucket {self.bucket!r} does not exist") from e
+            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+                raise InvalidInput(f"{url}: access denied ({code}); check the Secret named in secretRef") from e
+            raise TransientError(f"{what} {url} failed after retries: {code or e}") from e
+        except BotoCoreError as e:
+            raise TransientError(f"{what} {self.url(key)} failed after retries: {e}") from e
+
+    def read_bytes(self, key: str) -> bytes:
+        out = self._call("reading", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return out["Body"].read()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._call("writing", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def upload(self, local: Path, key: str) -> None:
+        self._call("uploading", key, self.client.upload_file, str(local), self.bucket, self._key(key))
+
+    def download(self, key: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.part")
+        self._call("downloading", key, self.client.download_file, self.bucket, self._key(key), str(tmp))
+        os.replace(tmp, local)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("checking", key, self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        except MissingKey:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        pages = self._call("listing", prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
+        for page in pages:
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self._call("deleting", key, self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def url(self, key: str) -> str:
+        return join(self.uri, key)
+
+
+def sync_to_cache(uri: str, cache_dir: Path | None = None) -> Path:
+    """A local directory holding everything under `uri`: the path itself for file:// and pvc://, otherwise a
+    copy in the cache (FREEATM_CACHE_DIR, default ~/.cache/freeatm), downloading only missing files."""
+    path = local_path(uri)
+    if path is not None:
+        if not path.exists():
+            raise InvalidInput(f"{uri} does not exist")
+        return path
+    store = open_store(uri)
+    parts = urlsplit(uri)
+    root = cache_dir or Path(os.environ.get("FREEATM_CACHE_DIR", Path.home() / ".cache" / "freeatm"))
+    target = root / parts.scheme / parts.netloc / parts.path.strip("/")
+    keys = store.list()
+    if not keys:
+        raise InvalidInput(f"{uri} is empty or does not exist")
+    for key in keys:
+        if not (target / key).exists():
+            store.download(key, target / key)
+    return target
