@@ -1,0 +1,201 @@
+"""Vision backbones built from config (never downloaded), and the pretraining export that evaluation reads.
+
+One factory over a fixed set of names (the contract shared by MaskPretrainJob and EvalJob):
+
+    resnet18, resnet50            torchvision ResNets; below 96 px a CIFAR-style stem (3×3 conv, stride 1, no
+                                  max-pool) keeps a useful dense map: stride 8 instead of 32
+    vit_tiny, vit_small, vit_base timm ViTs with 16-pixel patches, any input size that is a multiple of 16
+                                  (position embeddings are interpolated)
+
+Every backbone gives a dense feature map (`forward_features`, [B, C, h, w]; ViT: patch tokens, no class token)
+and a pooled global feature (`forward`, [B, C]: the mean of the dense map, after the final norm for ViTs).
+
+A MaskPretrainJob writes `<output>/export/backbone.pt` (the backbone's state dict) and
+`<output>/export/metadata.json` (what the backbone is and how it was trained); `load_export` rebuilds it.
+`random://<backbone>[?imageSize=N]` loads a randomly initialised backbone as a baseline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InvalidInput
+from .storage import MissingKey, join, open_store
+
+BACKBONES = ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
+EXPORT_DIR = "export"
+WEIGHTS_FILE = f"{EXPORT_DIR}/backbone.pt"
+METADATA_FILE = f"{EXPORT_DIR}/metadata.json"
+SMALL_IMAGE = 96  # below this, ResNets use the CIFAR-style stem (stride 8)
+
+_TIMM_NAMES = {
+    "vit_tiny": "vit_tiny_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+    "vit_base": "vit_base_patch16_224",
+}
+_FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048, "vit_tiny": 192, "vit_small": 384, "vit_base": 768}
+
+
+class Backbone(nn.Module):
+    """A feature extractor: dense map by `forward_features`, pooled vector by `forward`."""
+
+    name: str
+    feature_dim: int
+    patch_size_or_stride: int
+    image_size: int
+
+    def __init__(self, name: str, image_size: int, body: nn.Module, stride: int) -> None:
+        super().__init__()
+        self.name, self.image_size = name, image_size
+        self.feature_dim = _FEATURE_DIMS[name]
+        self.patch_size_or_stride = stride
+        self.body = body
+
+    @property
+    def is_vit(self) -> bool:
+        return self.name.startswith("vit")
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Dense feature map [B, C, H/stride, W/stride]."""
+        if self.is_vit:
+            h, w = x.shape[-2] // self.patch_size_or_stride, x.shape[-1] // self.patch_size_or_stride
+            tokens = self.body.forward_features(x)[:, self.body.num_prefix_tokens :]
+            return tokens.transpose(1, 2).reshape(x.shape[0], self.feature_dim, h, w)
+        b = self.body
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Global feature [B, C]: the mean of the dense map."""
+        return self.forward_features(x).mean(dim=(2, 3))
+
+
+def _resnet(name: str, image_size: int) -> tuple[nn.Module, int]:
+    import torchvision
+
+    body = getattr(torchvision.models, name)(weights=None)
+    body.fc = nn.Identity()
+    if image_size < SMALL_IMAGE:
+        body.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(body.conv1.weight, mode="fan_out", nonlinearity="relu")
+        body.maxpool = nn.Identity()
+        return body, 8
+    return body, 32
+
+
+def _vit(name: str, image_size: int) -> tuple[nn.Module, int]:
+    import timm
+
+    body = timm.create_model(
+        _TIMM_NAMES[name], pretrained=False, num_classes=0, img_size=image_size, dynamic_img_size=True
+    )
+    return body, 16
+
+
+def create_backbone(name: str, image_size: int = 224) -> Backbone:
+    """Build backbone `name` for `image_size`-pixel inputs with random weights (nothing is downloaded)."""
+    if name not in BACKBONES:
+        raise InvalidInput(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    if name.startswith("vit") and image_size % 16:
+        raise InvalidInput(f"{name} uses 16-pixel patches: image size {image_size} must be a multiple of 16")
+    body, stride = (_vit if name.startswith("vit") else _resnet)(name, image_size)
+    return Backbone(name, image_size, body, stride)
+
+
+def _state_dict_bytes(backbone: Backbone) -> bytes:
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def save_export(backbone: Backbone, metadata: dict[str, Any], output_uri: str) -> str:
+    """Write export/backbone.pt and export/metadata.json under `output_uri` (atomically); return the weights URI.
+
+    The metadata is completed with backbone, imageSize and featureDim; the weights are written first, so a
+    metadata.json always describes complete weights.
+    """
+    store = open_store(output_uri)
+    meta = {
+        **metadata,
+        "backbone": backbone.name,
+        "imageSize": backbone.image_size,
+        "featureDim": backbone.feature_dim,
+        "patchSizeOrStride": backbone.patch_size_or_stride,
+    }
+    store.write_bytes(WEIGHTS_FILE, _state_dict_bytes(backbone))
+    store.write_bytes(METADATA_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+    return store.url(WEIGHTS_FILE)
+
+
+def _random(uri: str) -> tuple[Backbone, dict[str, Any]]:
+    parts = urlsplit(uri)
+    name = parts.netloc or parts.path.strip("/")
+    query = parse_qs(parts.query)
+    try:
+        size = int(query.get("imageSize", query.get("image_size", ["224"]))[0])
+    except ValueError as e:
+        raise InvalidInput(f"{uri}: imageSize must be an integer") from e
+    backbone = create_backbone(name, size)
+    meta = {
+        "backbone": name,
+        "imageSize": size,
+        "featureDim": backbone.feature_dim,
+        "patchSizeOrStride": backbone.patch_size_or_stride,
+        "framework": "random",
+        "useMasks": False,
+        "fixes": {},
+    }
+    return backbone, meta
+
+
+def _export_root(uri: str) -> str:
+    """Accept the job's output dir, its export/ dir, or the backbone.pt URI itself."""
+    root = uri.rstrip("/")
+    for suffix in ("/" + WEIGHTS_FILE, "/" + METADATA_FILE, "/" + EXPORT_DIR):
+        if root.endswith(suffix):
+            return root[: -len(suffix)]
+    return root
+
+
+def load_export(uri: str) -> tuple[Backbone, dict[str, Any]]:
+    """The backbone and metadata exported under `uri` (a MaskPretrainJob output), or a random one for
+    random://<backbone>[?imageSize=N]. Raises InvalidInput naming the file that is missing or unusable."""
+    if uri.startswith("random://"):
+        return _random(uri)
+    root = _export_root(uri)
+    store = open_store(root)
+    meta_url = join(root, METADATA_FILE)
+    try:
+        meta = json.loads(store.read_bytes(METADATA_FILE))
+    except MissingKey as e:
+        raise InvalidInput(
+            f"{meta_url} does not exist: {root} is not a finished MaskPretrainJob output"
+        ) from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"{meta_url} is not valid JSON: {e}") from e
+    name, size = meta.get("backbone"), meta.get("imageSize", 224)
+    if name not in BACKBONES or not isinstance(size, int):
+        raise InvalidInput(
+            f"{meta_url}: cannot build backbone {name!r} at imageSize {size!r}; known: {', '.join(BACKBONES)}"
+        )
+    backbone = create_backbone(name, size)
+    weights_url = join(root, WEIGHTS_FILE)
+    try:
+        state = torch.load(io.BytesIO(store.read_bytes(WEIGHTS_FILE)), map_location="cpu", weights_only=True)
+        backbone.load_state_dict(state)
+    except MissingKey as e:
+        raise InvalidInput(f"{weights_url} does not exist (metadata.json without weights)") from e
+    except (RuntimeError, EOFError, ValueError, KeyError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InvalidInput(f"{weights_url} does not fit backbone {name} at imageSize {size}: {msg}") from e
+    except Exception as e:  # unpickling errors of a truncated/corrupt file have assorted types
+        raise InvalidInput(f"{weights_url} is not a readable checkpoint: {type(e).__name__}: {e}") from e
+    backbone.eval()
+    return backbone, meta
