@@ -55,7 +55,9 @@ def check_uri(uri: str, allowed: tuple[str, ...], what: str) -> str:
             f"{what} URI {uri!r} carries credentials; put them in a Secret and reference it with secretRef"
         )
     if parts.scheme in ("s3", "pvc", "hf", "toy") and not parts.netloc:
-        raise ValueError(f"{what} URI {uri!r} has no {'bucket' if parts.scheme == 's3' else 'name'} after {parts.scheme}://")
+        raise ValueError(
+            f"{what} URI {uri!r} has no {'bucket' if parts.scheme == 's3' else 'name'} after {parts.scheme}://"
+        )
     if parts.scheme == "file" and not parts.path.startswith("/"):
         raise ValueError(f"{what} URI {uri!r} must be an absolute path: file:///abs/path")
     return uri
@@ -67,7 +69,11 @@ def find_inline_credentials(value: Any, path: str = "spec") -> list[str]:
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{path}.{key}"
-            if isinstance(key, str) and _CREDENTIAL_KEY.match(key.replace("-", "_")) and not isinstance(item, dict):
+            if (
+                isinstance(key, str)
+                and _CREDENTIAL_KEY.match(key.replace("-", "_"))
+                and not isinstance(item, dict)
+            ):
                 found.append(here)
             elif key == "env" and isinstance(item, list):
                 for i, env in enumerate(item):

@@ -13,20 +13,41 @@ _DROP = {"title", "default", "examples", "discriminator"}
 
 PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
     "SyntheticDataset": [
-        {"name": "Images", "type": "integer", "jsonPath": ".spec.generation.images",
-         "description": "Images requested"},
+        {
+            "name": "Images",
+            "type": "integer",
+            "jsonPath": ".spec.generation.images",
+            "description": "Images requested",
+        },
     ],
     "MaskPretrainJob": [
-        {"name": "Method", "type": "string", "jsonPath": ".spec.method.framework",
-         "description": "Self-supervised framework"},
-        {"name": "Masks", "type": "boolean", "jsonPath": ".spec.method.useMasks",
-         "description": "Mask-guided (Free-ATM) or baseline"},
-        {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss",
-         "description": "Recent training loss", "priority": 1},
+        {
+            "name": "Method",
+            "type": "string",
+            "jsonPath": ".spec.method.framework",
+            "description": "Self-supervised framework",
+        },
+        {
+            "name": "Masks",
+            "type": "boolean",
+            "jsonPath": ".spec.method.useMasks",
+            "description": "Mask-guided (Free-ATM) or baseline",
+        },
+        {
+            "name": "Loss",
+            "type": "number",
+            "jsonPath": ".status.progress.loss",
+            "description": "Recent training loss",
+            "priority": 1,
+        },
     ],
     "EvalJob": [
-        {"name": "Benchmarks", "type": "integer", "jsonPath": ".status.progress.benchmarksDone",
-         "description": "Benchmarks finished"},
+        {
+            "name": "Benchmarks",
+            "type": "integer",
+            "jsonPath": ".status.progress.benchmarksDone",
+            "description": "Benchmarks finished",
+        },
     ],
 }
 
@@ -73,7 +94,9 @@ def _openapi(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     elif "type" not in out and "properties" in out:
         out["type"] = "object"
     if out.get("additionalProperties") is False:
-        del out["additionalProperties"]  # structural schemas prune unknown fields; validation rejects them first
+        del out[
+            "additionalProperties"
+        ]  # structural schemas prune unknown fields; validation rejects them first
     return out
 
 
@@ -104,8 +127,12 @@ def crd_for(kind: str) -> dict[str, Any]:
     info = KINDS[kind]
     columns = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase"},
-        {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percent",
-         "description": "Percent done"},
+        {
+            "name": "Progress",
+            "type": "integer",
+            "jsonPath": ".status.progress.percent",
+            "description": "Percent done",
+        },
         *copy.deepcopy(PRINTER_COLUMNS[kind]),
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]

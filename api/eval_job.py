@@ -44,7 +44,9 @@ class CheckpointSource(Model):
     @model_validator(mode="after")
     def _ref_xor_uri(self) -> CheckpointSource:
         if (self.ref is None) == (self.uri is None):
-            raise ValueError("set exactly one of ref (a MaskPretrainJob name) or uri" + (" (got both)" if self.ref else ""))
+            raise ValueError(
+                "set exactly one of ref (a MaskPretrainJob name) or uri" + (" (got both)" if self.ref else "")
+            )
         return self
 
     def name(self) -> str:

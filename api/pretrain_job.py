@@ -39,7 +39,10 @@ class DatasetSource(Model):
     @model_validator(mode="after")
     def _ref_xor_uri(self) -> DatasetSource:
         if (self.ref is None) == (self.uri is None):
-            raise ValueError("set exactly one of ref (a SyntheticDataset name) or uri" + (" (got both)" if self.ref else ""))
+            raise ValueError(
+                "set exactly one of ref (a SyntheticDataset name) or uri"
+                + (" (got both)" if self.ref else "")
+            )
         return self
 
 
@@ -80,7 +83,9 @@ class Method(Model):
                 if framework != self.framework:
                     raise ValueError(f"{name} belongs to framework {framework}, not {self.framework}")
                 if value and not self.use_masks:
-                    raise ValueError(f"{name}: true needs useMasks: true (useMasks: false is the plain baseline)")
+                    raise ValueError(
+                        f"{name}: true needs useMasks: true (useMasks: false is the plain baseline)"
+                    )
         return self
 
     def fixes(self) -> dict[str, bool]:
@@ -156,9 +161,13 @@ class MaskPretrainJobSpec(WorkloadSpec):
     @model_validator(mode="after")
     def _consistent(self) -> MaskPretrainJobSpec:
         if self.method.framework == "mim" and not self.backbone.startswith("vit"):
-            raise ValueError(f"framework mim (MAE) needs a ViT backbone (vit_tiny, vit_small, vit_base), not {self.backbone}")
+            raise ValueError(
+                f"framework mim (MAE) needs a ViT backbone (vit_tiny, vit_small, vit_base), not {self.backbone}"
+            )
         if self.backbone.startswith("vit") and self.training.image_size % 16:
-            raise ValueError(f"ViT backbones use 16-pixel patches: training.imageSize {self.training.image_size} must be a multiple of 16")
+            raise ValueError(
+                f"ViT backbones use 16-pixel patches: training.imageSize {self.training.image_size} must be a multiple of 16"
+            )
         processes = self.distributed.nodes * max(self.distributed.gpus_per_node, 1)
         if self.training.batch_size % processes:
             raise ValueError(

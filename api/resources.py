@@ -85,7 +85,9 @@ class KindInfo:
 
 
 KINDS: dict[str, KindInfo] = {
-    "SyntheticDataset": KindInfo(SyntheticDataset, "syntheticdatasets", "syntheticdataset", "sds", "generate"),
+    "SyntheticDataset": KindInfo(
+        SyntheticDataset, "syntheticdatasets", "syntheticdataset", "sds", "generate"
+    ),
     "MaskPretrainJob": KindInfo(MaskPretrainJob, "maskpretrainjobs", "maskpretrainjob", "mpj", "pretrain"),
     "EvalJob": KindInfo(EvalJob, "evaljobs", "evaljob", "evj", "evaluate"),
 }

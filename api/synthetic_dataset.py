@@ -124,7 +124,9 @@ class Attention(Model):
     def _powers(cls, values: list[int]) -> list[int]:
         for v in values:
             if v < 1 or v & (v - 1):
-                raise ValueError(f"resolution {v} is not a power of two (feature-map sizes are 8, 16, 32, 64 …)")
+                raise ValueError(
+                    f"resolution {v} is not a power of two (feature-map sizes are 8, 16, 32, 64 …)"
+                )
         return sorted(set(values))
 
     @field_validator("timesteps")
@@ -156,7 +158,9 @@ class SyntheticDatasetSpec(WorkloadSpec):
     def _consistent(self) -> SyntheticDatasetSpec:
         res = self.generation.resolution
         if self.attention.mask_resolution is not None and self.attention.mask_resolution > res:
-            raise ValueError(f"attention.maskResolution {self.attention.mask_resolution} exceeds generation.resolution {res}")
+            raise ValueError(
+                f"attention.maskResolution {self.attention.mask_resolution} exceeds generation.resolution {res}"
+            )
         too_big = [r for r in self.attention.resolutions if r > res]
         if too_big:
             raise ValueError(f"attention.resolutions {too_big} exceed generation.resolution {res}")

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
-
 from freeatm.api import KINDS, Resource, error_lines, parse_resource
 from freeatm.api.resources import UnknownKind
+from pydantic import ValidationError
 
 from .errors import EXIT_INVALID, RuntimeFailure
 from .metrics import serve_from_env
@@ -77,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("--spec", help="resolved resource (JSON or YAML); default: $FREEATM_SPEC")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("FREEATM_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("FREEATM_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     resource = load_resource(args.command, args.spec)
     serve_from_env()
     try:

@@ -20,7 +20,9 @@ MASK_COVERAGE = Histogram(
 TRAIN_LOSS = Gauge("freeatm_runtime_train_loss", "Recent training loss")
 TRAIN_STEP = Gauge("freeatm_runtime_train_step", "Optimiser steps done")
 TRAIN_EPOCH = Gauge("freeatm_runtime_train_epoch", "Current epoch")
-TRAIN_THROUGHPUT = Gauge("freeatm_runtime_train_images_per_second", "Training images per second (this process)")
+TRAIN_THROUGHPUT = Gauge(
+    "freeatm_runtime_train_images_per_second", "Training images per second (this process)"
+)
 EVAL_BENCHMARKS_DONE = Counter("freeatm_runtime_eval_benchmarks", "Benchmarks finished")
 EVAL_SCORE = Gauge("freeatm_runtime_eval_score", "Evaluation score", ["checkpoint", "benchmark", "metric"])
 PROGRESS_RATIO = Gauge("freeatm_runtime_progress_ratio", "Share of the workload done (0–1)")

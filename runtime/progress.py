@@ -78,7 +78,9 @@ def file_sink(path: Path) -> Sink:
 
 def log_sink(progress: dict[str, Any]) -> None:
     eta = f", eta {progress['etaSeconds']:.0f}s" if "etaSeconds" in progress else ""
-    log.info("%s/%s %s (%s%%)%s", progress["done"], progress["total"], progress["unit"], progress["percent"], eta)
+    log.info(
+        "%s/%s %s (%s%%)%s", progress["done"], progress["total"], progress["unit"], progress["percent"], eta
+    )
 
 
 def sinks_from_env() -> list[Sink]:

@@ -59,7 +59,9 @@ def open_store(uri: str) -> Store:
         return LocalStore(uri, local_path(uri))  # type: ignore[arg-type]
     if parts.scheme == "s3":
         return S3Store(uri, parts.netloc, parts.path.strip("/"))
-    raise InvalidInput(f"{uri!r}: unsupported storage scheme {parts.scheme or '(none)'!r}; use file://, pvc:// or s3://")
+    raise InvalidInput(
+        f"{uri!r}: unsupported storage scheme {parts.scheme or '(none)'!r}; use file://, pvc:// or s3://"
+    )
 
 
 def join(uri: str, key: str) -> str:
@@ -90,7 +92,9 @@ class LocalStore:
                 f.write(data)
             os.replace(tmp, target)
         except PermissionError as e:
-            raise InvalidInput(f"cannot write {self.url(key)}: {e.strerror}; check the output location") from e
+            raise InvalidInput(
+                f"cannot write {self.url(key)}: {e.strerror}; check the output location"
+            ) from e
         except OSError as e:
             raise TransientError(f"cannot write {self.url(key)}: {e}") from e
 
@@ -105,7 +109,9 @@ class LocalStore:
                     dst.write(chunk)
             os.replace(tmp, target)
         except PermissionError as e:
-            raise InvalidInput(f"cannot write {self.url(key)}: {e.strerror}; check the output location") from e
+            raise InvalidInput(
+                f"cannot write {self.url(key)}: {e.strerror}; check the output location"
+            ) from e
 
     def download(self, key: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +126,9 @@ class LocalStore:
             return []
         files = [base] if base.is_file() else [p for p in base.rglob("*") if p.is_file()]
         return sorted(
-            str(p.relative_to(self.root)) for p in files if not p.name.startswith(".")  # skip temp files
+            str(p.relative_to(self.root))
+            for p in files
+            if not p.name.startswith(".")  # skip temp files
         )
 
     def delete(self, key: str) -> None:
@@ -159,7 +167,9 @@ class S3Store:
             if code == "NoSuchBucket":
                 raise InvalidInput(f"{url}: bucket {self.bucket!r} does not exist") from e
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-                raise InvalidInput(f"{url}: access denied ({code}); check the Secret named in secretRef") from e
+                raise InvalidInput(
+                    f"{url}: access denied ({code}); check the Secret named in secretRef"
+                ) from e
             raise TransientError(f"{what} {url} failed after retries: {code or e}") from e
         except BotoCoreError as e:
             raise TransientError(f"{what} {self.url(key)} failed after retries: {e}") from e
@@ -192,7 +202,9 @@ class S3Store:
         full = self._key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys: list[str] = []
-        pages = self._call("listing", prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
+        pages = self._call(
+            "listing", prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full))
+        )
         for page in pages:
             keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)

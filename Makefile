@@ -1,0 +1,24 @@
+# Two commands on a fresh machine:  `make quickstart`  and  `make test`  (see README.md).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install quickstart test crds
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e '.[operator,runtime,dev]'
+	touch $@
+
+quickstart: install
+	$(BIN)/freeatm run -f examples/quickstart.yaml --workdir quickstart
+
+test: install
+	bash .ci/setup-tools.sh
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+crds: install
+	$(BIN)/freeatm crds --out crds/

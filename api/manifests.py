@@ -1,0 +1,161 @@
+"""Reading multi-document YAML files of freeatm resources and checking them together (`freeatm validate`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ValidationError
+
+from .common import GROUP
+from .graph import describe_cycle, find_cycle
+from .resources import KINDS, Resource, UnknownKind, error_lines, parse_resource
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: where (file, document, field path), what is wrong and what to do."""
+
+    severity: Literal["error", "warning"]
+    file: str
+    document: str  # Kind/name, or "document N" when unnamed
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.file}: {self.document}: {self.path}: {self.message}"
+
+
+@dataclass
+class Manifests:
+    """The valid resources read from some files, and every problem found."""
+
+    resources: list[Resource] = field(default_factory=list)
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) → file
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def _label(doc: Any, index: int) -> str:
+    if isinstance(doc, dict):
+        name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+        if doc.get("kind") and name:
+            return f"{doc['kind']}/{name}"
+    return f"document {index + 1}"
+
+
+def load(files: list[Path]) -> Manifests:
+    """Parse and validate every document of `files`, then check references and cycles between them."""
+    out = Manifests()
+    for file in files:
+        try:
+            docs = [d for d in yaml.safe_load_all(file.read_text()) if d is not None]
+        except (OSError, yaml.YAMLError) as e:
+            out.problems.append(Problem("error", str(file), "-", "-", f"cannot read YAML: {e}"))
+            continue
+        for i, doc in enumerate(docs):
+            label = _label(doc, i)
+            if not isinstance(doc, dict):
+                out.problems.append(Problem("error", str(file), label, "-", "a document must be a mapping"))
+                continue
+            try:
+                resource = parse_resource(doc)
+            except UnknownKind as e:
+                if str(doc.get("apiVersion", "")).startswith(GROUP + "/"):
+                    out.problems.append(Problem("error", str(file), label, "apiVersion/kind", str(e)))
+                else:  # a Secret or ConfigMap kept beside the resources: not ours to check
+                    out.problems.append(
+                        Problem(
+                            "warning", str(file), label, "apiVersion/kind", "not a freeatm resource; skipped"
+                        )
+                    )
+                continue
+            except ValidationError as e:
+                out.problems.extend(Problem("error", str(file), label, p, m) for p, m in error_lines(e))
+                continue
+            key = (resource.kind, resource.metadata.name)  # type: ignore[attr-defined]
+            if key in out.sources:
+                out.problems.append(
+                    Problem(
+                        "error",
+                        str(file),
+                        label,
+                        "metadata.name",
+                        f"duplicate {key[0]}/{key[1]} (also in {out.sources[key]})",
+                    )
+                )
+                continue
+            out.sources[key] = str(file)
+            out.resources.append(resource)
+    out.problems.extend(check_references(out))
+    return out
+
+
+def _reference_paths(resource: Resource) -> list[tuple[str, str, str]]:
+    """(field path, expected kind, name) of every reference the resource makes."""
+    spec: Any = resource.spec
+    refs: list[tuple[str, str, str]] = []
+    if resource.kind == "MaskPretrainJob" and spec.dataset.ref:  # type: ignore[attr-defined]
+        refs.append(("spec.dataset.ref", "SyntheticDataset", spec.dataset.ref))
+    if resource.kind == "EvalJob":  # type: ignore[attr-defined]
+        refs += [
+            (f"spec.checkpoints[{i}].ref", "MaskPretrainJob", c.ref)
+            for i, c in enumerate(spec.checkpoints)
+            if c.ref
+        ]
+    refs += [(f"spec.dependsOn[{i}]", d.kind, d.name) for i, d in enumerate(spec.depends_on)]
+    return refs
+
+
+def check_references(m: Manifests) -> list[Problem]:
+    """Missing references (warnings: they may exist in the cluster), references to the wrong kind and cycles."""
+    problems: list[Problem] = []
+    names_by_kind = {kind: {n for k, n in m.sources if k == kind} for kind in KINDS}
+    for r in m.resources:
+        key = (r.kind, r.metadata.name)  # type: ignore[attr-defined]
+        file, label = m.sources[key], f"{key[0]}/{key[1]}"
+        for path, kind, name in _reference_paths(r):
+            if (kind, name) == key:
+                problems.append(Problem("error", file, label, path, "a resource cannot depend on itself"))
+            elif name in names_by_kind[kind]:
+                continue
+            else:
+                other = [k for k, names in names_by_kind.items() if name in names]
+                if other:
+                    problems.append(
+                        Problem(
+                            "error",
+                            file,
+                            label,
+                            path,
+                            f"{name!r} is of kind {other[0]}, but this field refers to a {kind}",
+                        )
+                    )
+                else:
+                    problems.append(
+                        Problem(
+                            "warning",
+                            file,
+                            label,
+                            path,
+                            f"{kind}/{name} is not in these files; it must exist in the cluster",
+                        )
+                    )
+    cycle = find_cycle(m.resources)
+    if cycle:
+        kind, name = cycle[0]
+        problems.append(
+            Problem(
+                "error",
+                m.sources[(kind, name)],
+                f"{kind}/{name}",
+                "spec.dependsOn",
+                f"dependency cycle {describe_cycle(cycle)}: remove one of these dependencies",
+            )
+        )
+    return problems

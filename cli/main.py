@@ -1,0 +1,62 @@
+"""`freeatm`: the user's command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+import yaml
+from freeatm.api import manifests
+from freeatm.api.crd import all_crds
+from rich.console import Console
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="freeatm: free attention masks → synthetic data → mask-guided pretraining.",
+)
+console = Console()
+err = Console(stderr=True)
+
+FILES = typer.Option(
+    ..., "-f", "--filename", exists=True, dir_okay=False, help="YAML file(s) of freeatm resources"
+)
+
+
+def dump_yaml(doc: dict) -> str:
+    return yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True)
+
+
+@app.command()
+def crds(
+    out: Path | None = typer.Option(None, "--out", help="write one file per CRD into this directory"),
+) -> None:
+    """Print the CustomResourceDefinitions generated from the API models (or write them with --out)."""
+    generated = all_crds()
+    if out is None:
+        typer.echo("---\n".join(dump_yaml(c) for c in generated.values()), nl=False)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, crd in generated.items():
+        (out / name).write_text(dump_yaml(crd))
+        err.print(f"wrote {out / name}")
+
+
+@app.command()
+def validate(files: list[Path] = FILES) -> None:
+    """Check resources: schema, references between the documents, dependency cycles. Exit 1 on any error."""
+    result = manifests.load(files)
+    for p in result.problems:
+        style = "red" if p.severity == "error" else "yellow"
+        err.print(
+            f"[{style}]{p.severity}[/]: {p.file}: {p.document}: [bold]{p.path}[/]: {p.message}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if result.errors:
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/]: {len(result.resources)} resource(s) valid", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,93 @@
+"""The committed CRDs are generated from the models, structural, documented, and accept the examples."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from freeatm.api.crd import all_crds
+from openapi_schema_validator import OAS30Validator
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def walk(schema: dict[str, Any], path: str = ""):
+    yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from walk(sub, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield from walk(schema[key], f"{path}[{key}]")
+
+
+def test_committed_crds_match_the_models() -> None:
+    for name, crd in all_crds().items():
+        committed = yaml.safe_load((ROOT / "crds" / name).read_text())
+        assert committed == crd, f"crds/{name} is stale: run `freeatm crds --out crds/`"
+    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(all_crds())
+
+
+@pytest.mark.parametrize("name", sorted(all_crds()))
+def test_schema_is_structural_and_documented(name: str) -> None:
+    crd = all_crds()[name]
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert crd["spec"]["names"]["categories"] == ["freeatm"]
+    schema = version["schema"]["openAPIV3Schema"]
+    for path, node in walk(schema["properties"]["spec"], "spec"):
+        if not path.endswith("]"):
+            assert node.get("description"), f"{path} has no description (kubectl explain shows nothing)"
+    for path, node in walk(schema):
+        assert "$ref" not in node and "anyOf" not in node, path
+        assert node.get("type") or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+
+
+def test_crds_pass_kubernetes_validate() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "-k",
+            "1.29",
+            *map(str, sorted((ROOT / "crds").glob("*.yaml"))),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_examples_validate_against_their_crd(example: Path) -> None:
+    schemas = {
+        c["spec"]["names"]["kind"]: c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for c in all_crds().values()
+    }
+    docs = [
+        d
+        for d in yaml.safe_load_all(example.read_text())
+        if d and d.get("apiVersion", "").startswith("freeatm.io/")
+    ]
+    assert docs
+    for doc in docs:
+        OAS30Validator(schemas[doc["kind"]]).validate(doc)
+
+
+def test_crd_schema_rejects_what_the_models_reject() -> None:
+    schema = all_crds()["freeatm.io_maskpretrainjobs.yaml"]["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"
+    ]
+    doc = {
+        "apiVersion": "freeatm.io/v1alpha1",
+        "kind": "MaskPretrainJob",
+        "metadata": {"name": "x"},
+        "spec": {"dataset": {"ref": "d"}, "training": {"epochs": -1}, "output": {"uri": "file:///x"}},
+    }
+    assert list(OAS30Validator(schema).iter_errors(doc))
