@@ -1,0 +1,47 @@
+"""Hand a dependency's outputs to its dependents: the resolved resource a workload runs with (DESIGN §4).
+
+Used by the operator and by local mode alike, so both resolve references the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+
+from .resources import Resource
+from .status import Outputs
+
+
+class UnresolvedReference(LookupError):
+    """A referenced resource has no output URI yet."""
+
+
+def resolve(resource: Resource, outputs: Mapping[tuple[str, str], Outputs]) -> Resource:
+    """A copy of `resource` with every `ref` replaced by the referenced resource's `status.outputs.uri`.
+
+    A checkpoint keeps its ref's name as its label, so result tables show resource names, not URIs.
+    """
+
+    def uri_of(kind: str, name: str) -> str:
+        out = outputs.get((kind, name))
+        if out is None or not out.uri:
+            raise UnresolvedReference(f"{kind}/{name} has no outputs.uri yet")
+        return out.uri
+
+    resolved = resource.model_copy(deep=True)
+    spec = resolved.spec
+    if resolved.kind == "MaskPretrainJob" and spec.dataset.ref:  # type: ignore[attr-defined]
+        spec.dataset.uri, spec.dataset.ref = uri_of("SyntheticDataset", spec.dataset.ref), None  # type: ignore[attr-defined]
+    if resolved.kind == "EvalJob":  # type: ignore[attr-defined]
+        for c in spec.checkpoints:  # type: ignore[attr-defined]
+            if c.ref:
+                c.label, c.uri, c.ref = c.label or c.ref, uri_of("MaskPretrainJob", c.ref), None
+    resolved.status = None
+    return resolved
+
+
+def spec_digest(resource: Resource) -> str:
+    """sha256 of the resource's spec in canonical JSON: equal digests mean the same work."""
+    canonical = json.dumps(resource.spec.to_wire(), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
