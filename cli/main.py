@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 import yaml
+from rich.console import Console
+
 from freeatm.api import manifests
 from freeatm.api.crd import all_crds
-from rich.console import Console
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -56,6 +57,41 @@ def validate(files: list[Path] = FILES) -> None:
     if result.errors:
         raise typer.Exit(1)
     console.print(f"[green]ok[/]: {len(result.resources)} resource(s) valid", highlight=False)
+
+
+@app.command()
+def run(
+    files: list[Path] = FILES,
+    workdir: Path = typer.Option(
+        Path("freeatm-run"), "--workdir", help="where statuses, logs, outputs and the report go"
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="rerun stages that already succeeded with the same spec"
+    ),
+) -> None:
+    """Run a pipeline on this machine: validate, order by dependencies, run each stage, report."""
+    from .local_run import results_table, run_pipeline
+    from .report import write_report
+
+    result = manifests.load(files)
+    missing = [p for p in result.problems if p.severity == "warning" and p.path != "apiVersion/kind"]
+    for p in result.errors + missing:
+        err.print(
+            f"[red]error[/]: {p.file}: {p.document}: [bold]{p.path}[/]: {p.message}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if result.errors or missing:
+        raise typer.Exit(1)
+    code = run_pipeline(result, workdir, force, console)
+    if code == 130:
+        raise typer.Exit(code)
+    report = write_report(workdir.resolve())
+    table = results_table(workdir.resolve())
+    if table is not None:
+        console.print(table)
+    console.print(f"report: {report}")
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

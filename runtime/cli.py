@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
 from freeatm.api import KINDS, Resource, error_lines, parse_resource
 from freeatm.api.resources import UnknownKind
-from pydantic import ValidationError
 
 from .errors import EXIT_INVALID, RuntimeFailure
 from .metrics import serve_from_env

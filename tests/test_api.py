@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 
 import pytest
-from freeatm.api import error_lines, parse_resource
 from pydantic import ValidationError
+
+from freeatm.api import error_lines, parse_resource
 
 SDS = {
     "apiVersion": "freeatm.io/v1alpha1",

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from freeatm.api.crd import all_crds
 from openapi_schema_validator import OAS30Validator
+
+from freeatm.api.crd import all_crds
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
