@@ -1,0 +1,138 @@
+"""``freeatm-runtime generate``: a SyntheticDataset's images, their free attention masks, shards and manifest.
+
+One worker (pod ``JOB_COMPLETION_INDEX`` of ``spec.workers``) generates a contiguous range of shards:
+
+1. check that the output is writable, read the prompts, load the model (:mod:`.models`);
+2. for each of its shards whose entry is not yet recorded: generate the shard's samples batch by batch with
+   attention capture (:mod:`.sampler`, :mod:`.capture`, :mod:`.masks`), write the tar to a local temporary
+   file, publish it atomically through the storage module, then publish its entry (:mod:`.shards`);
+3. merge every shard's entry into ``manifest.json`` when all are there (:mod:`.manifest`).
+
+A rerun (a retried pod) skips the shards whose entries are recorded; a killed worker leaves at most a
+temporary file behind, never a partial shard under its final name. Each sample's seed derives from the dataset
+seed and its index, so a shard regenerates identically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from freeatm.api import SyntheticDataset
+from freeatm.runtime import metrics
+from freeatm.runtime.errors import InvalidInput
+from freeatm.runtime.progress import reporter
+from freeatm.runtime.storage import Store, open_store
+
+from .manifest import DatasetContext, check_existing_manifest, done_entry, spec_digest, try_finalize
+from .models import load_pipeline
+from .prompts import check_source, prompt_source
+from .sampler import Sampler, sample_seed
+from .shards import (
+    entry_name,
+    file_sha256,
+    sample_members,
+    shard_indices,
+    shard_name,
+    worker_shards,
+    write_tar,
+)
+
+log = logging.getLogger("freeatm.generate")
+
+__all__ = ["run", "generate_dataset"]
+
+
+def worker_index(workers: int) -> int:
+    """This pod's index among the workers: JOB_COMPLETION_INDEX of the Indexed Job (0 outside one)."""
+    raw = os.environ.get("JOB_COMPLETION_INDEX", "0")
+    try:
+        index = int(raw)
+    except ValueError as e:
+        raise InvalidInput(f"JOB_COMPLETION_INDEX={raw!r} is not an integer") from e
+    if not 0 <= index < workers:
+        raise InvalidInput(f"JOB_COMPLETION_INDEX={index} is outside the {workers} worker(s) of the spec")
+    return index
+
+
+def _check_writable(store: Store, index: int) -> None:
+    key = f"shards/.write-check-{index}"
+    store.write_bytes(key, b"ok")
+    store.delete(key)
+
+
+def run(resource: SyntheticDataset) -> dict[str, Any]:
+    """Generate this worker's shards; ``{"uri", "manifestDigest"}`` once the whole dataset is complete."""
+    return generate_dataset(resource)
+
+
+def generate_dataset(resource: SyntheticDataset, worker: int | None = None) -> dict[str, Any]:
+    spec = resource.spec
+    g, a = spec.generation, spec.attention
+    workers = spec.workers
+    index = worker_index(workers) if worker is None else worker
+    store = open_store(spec.output.uri)
+    _check_writable(store, index)
+
+    source = prompt_source(spec.prompts, g.seed, g.resolution)
+    model = load_pipeline(spec.model.uri, spec.model.revision, g.dtype)
+    check_source(source, model.pipe.tokenizer)
+    ctx = DatasetContext(spec, spec_digest(spec), model.identity(), source.classes)
+    check_existing_manifest(store, ctx)
+
+    mine = worker_shards(spec.shards(), workers, index)
+    todo = [s for s in mine if done_entry(store, ctx, s) is None]
+    total = sum(len(shard_indices(s, g.shard_size, g.images)) for s in mine)
+    done = total - sum(len(shard_indices(s, g.shard_size, g.images)) for s in todo)
+    log.info(
+        "worker %d/%d: shards %d–%d, %d to generate (%d already done)",
+        index, workers, mine.start, mine.stop - 1, len(todo), len(mine) - len(todo),
+    )  # fmt: skip
+    progress = reporter(total, "images")
+    progress.update(done, images=done, force=True)
+
+    with Sampler(model.pipe, g, a, spec.prompts.negative_prompt) as sampler:
+        for shard in todo:
+            done += _generate_shard(store, ctx, sampler, source, shard, progress, done, total)
+
+    digest = try_finalize(store, ctx)
+    outputs: dict[str, Any] = {"uri": spec.output.uri}
+    if digest is not None:
+        outputs["manifestDigest"] = digest
+        log.info("dataset complete: %s (%s)", spec.output.uri, digest)
+    else:
+        log.info("worker %d done; the manifest is written by the worker that completes the dataset", index)
+    return outputs
+
+
+def _generate_shard(store, ctx, sampler, source, shard, progress, done, total) -> int:  # type: ignore[no-untyped-def]
+    spec = ctx.spec
+    g, a = spec.generation, spec.attention
+    indices = list(shard_indices(shard, g.shard_size, g.images))
+    with tempfile.TemporaryDirectory(prefix="freeatm-shard-") as tmp:
+        members: list[tuple[str, bytes]] = []
+        for start in range(0, len(indices), g.batch_size):
+            batch = indices[start : start + g.batch_size]
+            began = time.perf_counter()
+            samples = sampler.generate(
+                [source.item(i) for i in batch], batch, [sample_seed(g.seed, i) for i in batch]
+            )
+            seconds = (time.perf_counter() - began) / len(batch)
+            for sample in samples:
+                members.extend(sample_members(sample, a.modifiers, a.keep_soft_maps))
+                metrics.SECONDS_PER_IMAGE.observe(seconds)
+                metrics.MASK_COVERAGE.observe(sample.mask_coverage)
+            metrics.IMAGES_GENERATED.inc(len(batch))
+            progress.update(done + start + len(batch), images=done + start + len(batch))
+        path = Path(tmp) / "shard.tar"
+        write_tar(path, members)
+        entry = ctx.entry(shard, len(indices), file_sha256(path), path.stat().st_size)
+        store.upload(path, shard_name(shard))  # atomic: visible only once complete
+    store.write_bytes(entry_name(shard), json.dumps(entry, sort_keys=True).encode())
+    log.info("published %s (%d samples)", store.url(shard_name(shard)), len(indices))
+    return len(indices)

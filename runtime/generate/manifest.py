@@ -1,0 +1,175 @@
+"""manifest.json and the per-shard entries it is merged from (docs/dataset-format.md).
+
+Every worker publishes, right after each shard's tar, a small entry ``shards/shard-NNNNN.json`` (name, samples,
+sha256, bytes, specDigest, modelDigest). Entries are per shard, so concurrent workers never write the same key.
+Whoever finds every entry present (normally the last worker to finish) merges them into ``manifest.json``; the
+merge is a pure function of the entries and the spec, so two workers merging at once write identical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from freeatm.api.synthetic_dataset import SyntheticDatasetSpec
+from freeatm.runtime.errors import InvalidInput
+from freeatm.runtime.storage import MissingKey, Store
+
+from .shards import SHARD_DIR, entry_name, shard_indices, shard_name
+
+FORMAT = "freeatm.synthetic/v1"
+MANIFEST = "manifest.json"
+
+
+def canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def spec_digest(spec: SyntheticDatasetSpec) -> str:
+    """sha256 of the generation-relevant spec: model (URI, revision), prompts, generation, attention."""
+    model = {"uri": spec.model.uri, "revision": spec.model.revision}
+    relevant = {
+        "model": model,
+        "prompts": spec.prompts.to_wire(),
+        "generation": spec.generation.to_wire(),
+        "attention": spec.attention.to_wire(),
+    }
+    return "sha256:" + hashlib.sha256(canonical(relevant)).hexdigest()
+
+
+def generator_version() -> str:
+    try:
+        return metadata.version("freeatm")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class DatasetContext:
+    """What identifies the dataset being written: its spec and its model."""
+
+    spec: SyntheticDatasetSpec
+    spec_digest: str
+    model: dict[str, str]  # uri, class, digest
+    classes: list[str]
+
+    def entry(self, shard: int, samples: int, sha256: str, size: int) -> dict[str, Any]:
+        return {
+            "name": shard_name(shard),
+            "samples": samples,
+            "sha256": sha256,
+            "bytes": size,
+            "specDigest": self.spec_digest,
+            "modelDigest": self.model["digest"],
+        }
+
+    def matches(self, entry: dict[str, Any]) -> bool:
+        return (
+            entry.get("specDigest") == self.spec_digest and entry.get("modelDigest") == self.model["digest"]
+        )
+
+
+def read_entry(store: Store, shard: int) -> dict[str, Any] | None:
+    try:
+        return json.loads(store.read_bytes(entry_name(shard)))
+    except MissingKey:
+        return None
+    except json.JSONDecodeError:
+        return None  # a torn entry (should not happen: writes are atomic) counts as missing
+
+
+def done_entry(store: Store, ctx: DatasetContext, shard: int) -> dict[str, Any] | None:
+    """The shard's entry when the shard is complete for this dataset; InvalidInput when it belongs to another."""
+    entry = read_entry(store, shard)
+    if entry is None:
+        return None
+    if not ctx.matches(entry):
+        raise InvalidInput(
+            f"{store.url(entry_name(shard))} was generated from a different spec or model "
+            f"({entry.get('specDigest')}, model {entry.get('modelDigest')}); write to a new output URI or delete "
+            "the old dataset"
+        )
+    return entry if store.exists(entry["name"]) else None
+
+
+def check_existing_manifest(store: Store, ctx: DatasetContext) -> dict[str, Any] | None:
+    """The existing manifest when it describes this dataset; InvalidInput when it describes another."""
+    try:
+        manifest = json.loads(store.read_bytes(MANIFEST))
+    except MissingKey:
+        return None
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{store.url(MANIFEST)} exists but is not JSON") from e
+    if (
+        manifest.get("specDigest") != ctx.spec_digest
+        or manifest.get("model", {}).get("digest") != ctx.model["digest"]
+    ):
+        raise InvalidInput(
+            f"{store.url(MANIFEST)} describes a dataset generated from a different spec or model; write to a new "
+            "output URI or delete the old dataset"
+        )
+    return manifest
+
+
+def build_manifest(ctx: DatasetContext, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = ctx.spec
+    g, a = spec.generation, spec.attention
+    return {
+        "format": FORMAT,
+        "specDigest": ctx.spec_digest,
+        "images": g.images,
+        "resolution": g.resolution,
+        "maskResolution": a.mask_resolution or g.resolution,
+        "shardSize": g.shard_size,
+        "hasMasks": True,
+        "hasSoftMaps": a.keep_soft_maps,
+        "classes": ctx.classes,
+        "shards": [{k: e[k] for k in ("name", "samples", "sha256", "bytes")} for e in entries],
+        "generator": {
+            "name": "freeatm",
+            "version": generator_version(),
+            "scheduler": g.scheduler,
+            "steps": g.steps,
+            "guidanceScale": g.guidance_scale,
+            "dtype": g.dtype,
+            "seed": g.seed,
+            "attention": a.to_wire(),
+        },
+        "model": ctx.model,
+    }
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+
+
+def try_finalize(store: Store, ctx: DatasetContext) -> str | None:
+    """Merge the shard entries into manifest.json when every shard is done; its sha256 digest, else None.
+
+    Idempotent: the manifest's bytes depend only on the entries and the spec, and it is rewritten only when
+    different from what is there.
+    """
+    n = ctx.spec.shards()
+    present = {k for k in store.list(SHARD_DIR + "/") if k.endswith(".json")}
+    if len(present) < n:
+        return None
+    entries = []
+    for shard in range(n):
+        entry = done_entry(store, ctx, shard)
+        if entry is None:
+            return None
+        expected = len(shard_indices(shard, ctx.spec.generation.shard_size, ctx.spec.generation.images))
+        if entry["samples"] != expected:
+            return None
+        entries.append(entry)
+    data = manifest_bytes(build_manifest(ctx, entries))
+    try:
+        current = store.read_bytes(MANIFEST)
+    except MissingKey:
+        current = None
+    if current != data:
+        store.write_bytes(MANIFEST, data)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
