@@ -1,0 +1,193 @@
+"""Thin kopf handlers: index the resources, reconcile on every event, wake owners and dependents.
+
+Level-triggered: every watch event of a freeatm resource runs one reconcile pass (operator/reconcile.py), whose
+status patch kopf applies. Two wake-ups make it event-driven rather than timer-driven:
+- a Job's status change touches its owner (an annotation patch → a watch event → a reconcile);
+- a resource's stored phase change touches the dependents that wait on it (found in the kopf index).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from freeatm.api import GROUP, KINDS, VERSION, parse_resource
+
+from . import metrics
+from .conditions import now_rfc3339
+from .dependencies import DEPENDENCY_REASONS, Summary
+from .events import Event, event_object
+from .kube import resource_path
+from .reconcile import Context, delete_workload, job_owner, job_state, manifest, reconcile
+from .workload import LABEL_MANAGED_BY, MANAGED_BY
+
+INDEX = "freeatm_resources"
+ANNOTATION_WAKE = "freeatm.io/wake"
+RETRY_SECONDS = 5.0
+log = logging.getLogger("freeatm.operator")
+
+
+def raw_dependencies(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Dependencies of a stored resource, also when its spec does not validate (refs read directly)."""
+    try:
+        return parse_resource(manifest(body)).dependencies()
+    except (ValidationError, ValueError):
+        spec = body.get("spec") or {}
+        deps: list[tuple[str, str]] = []
+        if isinstance(spec.get("dataset"), dict) and spec["dataset"].get("ref"):
+            deps.append(("SyntheticDataset", str(spec["dataset"]["ref"])))
+        for c in spec.get("checkpoints") or []:
+            if isinstance(c, dict) and c.get("ref"):
+                deps.append(("MaskPretrainJob", str(c["ref"])))
+        for d in spec.get("dependsOn") or []:
+            if isinstance(d, dict) and d.get("kind") in KINDS and d.get("name"):
+                deps.append((d["kind"], str(d["name"])))
+        return list(dict.fromkeys(deps))
+
+
+def summarize(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The index entry of a resource: what dependents and the dependency checks need."""
+    status = body.get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    return {
+        "phase": status.get("phase"),
+        "reason": ready.get("reason"),
+        "outputs": status.get("outputs") or {},
+        "deps": [list(d) for d in raw_dependencies(body)],
+    }
+
+
+def _lookup(index: Any, namespace: str):  # type: ignore[no-untyped-def]
+    def lookup(kind: str, name: str) -> Summary | None:
+        store = index.get((namespace, kind, name)) if index is not None else None
+        for value in store or ():
+            return value
+        return None
+
+    return lookup
+
+
+def _cares(summary: Summary) -> bool:
+    """Whether a dependent would act on a change of its dependencies (it waits, or failed because of them)."""
+    phase = summary.get("phase")
+    return phase in (None, "Waiting", "Pending") or (
+        phase == "Failed" and summary.get("reason") in DEPENDENCY_REASONS
+    )
+
+
+def touch(ctx: Context, kind: str, namespace: str, name: str, why: str) -> None:
+    """Make kopf see an event for the resource: patch a wake-up annotation."""
+    ctx.kube.patch(
+        resource_path(kind, namespace, name),
+        {"metadata": {"annotations": {ANNOTATION_WAKE: f"{why}@{time.time_ns()}"}}},
+    )
+
+
+def wake_dependents(
+    ctx: Context, index: Any, namespace: str, kind: str, name: str, phase: str | None
+) -> None:
+    for (ns, dkind, dname), store in list((index or {}).items()):
+        if ns != namespace:
+            continue
+        for summary in store:
+            if [kind, name] in summary.get("deps", []) and _cares(summary):
+                touch(ctx, dkind, ns, dname, f"{kind}/{name}={phase or 'Deleted'}")
+
+
+def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
+    """Register the operator's handlers for `ctx` into `registry`."""
+
+    def freeatm_resources(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+        return {(namespace or "default", body["kind"], name): summarize(body)}
+
+    def reconcile_resource(
+        event: Mapping[str, Any],
+        body: kopf.Body,
+        patch: kopf.Patch,
+        namespace: str,
+        name: str,
+        logger: logging.Logger,
+        **kwargs: Any,
+    ) -> None:
+        index = kwargs.get(INDEX)
+        kind, ns = body["kind"], namespace or "default"
+        key = (ns, kind, name)
+        if event.get("type") == "DELETED":
+            gone = delete_workload(ctx.kube, kind, ns, name)
+            if gone:
+                logger.info("deleted %s", ", ".join(gone))
+            with ctx.lock:
+                ctx.phases.pop(key, None)
+                ctx.last_phase.pop(key, None)
+            wake_dependents(ctx, index, ns, kind, name, None)
+            return
+        started = time.perf_counter()
+        try:
+            outcome = reconcile(body, _lookup(index, ns), ctx)
+        except Exception as e:
+            metrics.RECONCILES.labels(kind, "error").inc()
+            logger.warning("reconcile failed, retrying in %.0fs: %s", RETRY_SECONDS, e)
+            retry = threading.Timer(RETRY_SECONDS, _safe_touch, (ctx, kind, ns, name, "retry"))
+            retry.daemon = True
+            retry.start()
+            return
+        finally:
+            metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        metrics.RECONCILES.labels(kind, "success").inc()
+        if outcome.patch:
+            patch.setdefault("status", {}).update(outcome.patch)
+        for jn in outcome.created:
+            logger.info("created %s", jn)
+        if outcome.event is not None:
+            post_event(ctx, body, outcome.event)
+        stored = (body.get("status") or {}).get("phase")
+        with ctx.lock:
+            ctx.phases[key] = outcome.phase
+            changed = key not in ctx.last_phase or ctx.last_phase[key] != stored
+            ctx.last_phase[key] = stored
+        if changed:
+            wake_dependents(ctx, index, ns, kind, name, stored)
+
+    def follow_job(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+        owner = job_owner(body)
+        if owner is None or owner[0] not in KINDS:
+            return
+        ns = namespace or "default"
+        state = None if event.get("type") == "DELETED" else job_state(body)
+        with ctx.lock:
+            changed = ctx.last_job.get((ns, name), ("never",)) != state
+            if state is None:
+                ctx.last_job.pop((ns, name), None)
+            else:
+                ctx.last_job[(ns, name)] = state
+        if changed:
+            _safe_touch(ctx, owner[0], ns, owner[1], f"Job/{name}")
+
+    for info in KINDS.values():
+        kopf.index(GROUP, VERSION, info.plural, id=INDEX, registry=registry)(freeatm_resources)
+        kopf.on.event(GROUP, VERSION, info.plural, id="reconcile", registry=registry)(reconcile_resource)
+    kopf.on.event(
+        "batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="follow-job", registry=registry
+    )(follow_job)
+
+
+def post_event(ctx: Context, body: Mapping[str, Any], event: Event) -> None:
+    """Post a Kubernetes Event; losing one must not fail the reconcile."""
+    ns = (body.get("metadata") or {}).get("namespace") or "default"
+    try:
+        ctx.kube.create(resource_path("Event", ns), event_object(body, event, now_rfc3339()))
+    except Exception as e:
+        log.warning("could not post event %s: %s", event.reason, e)
+
+
+def _safe_touch(ctx: Context, kind: str, namespace: str, name: str, why: str) -> None:
+    try:
+        touch(ctx, kind, namespace, name, why)
+    except Exception as e:  # the next event or retry will catch up
+        log.warning("could not wake %s/%s/%s: %s", kind, namespace, name, e)

@@ -1,0 +1,350 @@
+"""A cluster for the operator's scenario tests: kmock in-process by default, a real cluster when configured.
+
+    FREEATM_E2E_KUBECONFIG=~/.kube/config pytest tests/test_operator_scenarios.py
+
+runs the same scenarios against that cluster (the CRDs must be installed; a fresh namespace is created and
+deleted). The scenarios talk to both through the same HTTP API (the `kubernetes` client), and play the Job
+controller by writing Job and pod status, as kmock has no controllers.
+
+kmock quirks handled here (DESIGN §8): its bundled resource list is loaded and the CRDs are declared in its
+discovery; objects are created through HTTP (direct writes send no watch event); metadata.resourceVersion, uid
+and generation are seeded by the harness (kmock assigns none) and generation is bumped on spec changes; there is
+no garbage collector (the operator deletes Jobs explicitly) and no separate /status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes.client
+
+from freeatm.api import API_VERSION, KINDS
+from freeatm.api.crd import crd_for
+from freeatm.operator.config import OperatorConfig
+from freeatm.operator.kube import Kube, load_configuration, resource_path
+from freeatm.operator.main import operator
+
+E2E_ENV = "FREEATM_E2E_KUBECONFIG"
+_rv = itertools.count(1000)
+
+
+def e2e_kubeconfig() -> str | None:
+    return os.environ.get(E2E_ENV) or None
+
+
+class _LoopThread:
+    """An asyncio loop in a daemon thread; `run(coro)` waits for a coroutine on it."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class Cluster:
+    """The API a scenario uses: create/get/patch/delete objects, play the Job controller, run the operator."""
+
+    emulated = True
+
+    def __init__(self, configuration: kubernetes.client.Configuration, namespace: str) -> None:
+        self.configuration = configuration
+        self.namespace = namespace
+        self.api = Kube(configuration)
+        self._operator: tuple[threading.Thread, threading.Event] | None = None
+        self.config = OperatorConfig(
+            runtime_image="freeatm-runtime:test", namespaces=(namespace,), metrics_port=0, liveness_port=0
+        )
+
+    # -- objects ---------------------------------------------------------------------------------------------
+    def path(self, kind: str, name: str | None = None) -> str:
+        return resource_path(kind, self.namespace, name)
+
+    def create(self, doc: dict[str, Any]) -> dict[str, Any]:
+        doc = {**doc, "metadata": {**doc["metadata"], "namespace": self.namespace}}
+        doc.setdefault("apiVersion", API_VERSION if doc["kind"] in KINDS else "v1")
+        if self.emulated:  # what the API server would assign
+            doc["metadata"].setdefault("uid", str(uuid.uuid4()))
+            doc["metadata"].setdefault("resourceVersion", str(next(_rv)))
+            doc["metadata"].setdefault(
+                "creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            )
+            if doc["kind"] in KINDS:
+                doc["metadata"].setdefault("generation", 1)
+        return self.api.create(self.path(doc["kind"]), doc)
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        return self.api.get(self.path(kind, name))
+
+    def status(self, kind: str, name: str) -> dict[str, Any]:
+        return (self.get(kind, name) or {}).get("status") or {}
+
+    def patch_spec(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+        """Change the spec (the API server bumps metadata.generation; kmock does not, so the harness does)."""
+        body: dict[str, Any] = {"spec": spec}
+        if self.emulated:
+            gen = int(((self.get(kind, name) or {}).get("metadata") or {}).get("generation") or 1)
+            body["metadata"] = {"generation": gen + 1, "resourceVersion": str(next(_rv))}
+        self.api.patch(self.path(kind, name), body)
+
+    def delete(self, kind: str, name: str) -> None:
+        self.api.delete(self.path(kind, name))
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.api.list(self.path("Job"), {"app.kubernetes.io/managed-by": "freeatm-operator"})
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        return self.get("Job", name)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.api.list(self.path("Event"))
+            if (e.get("involvedObject") or {}).get("name") == name
+        ]
+
+    # -- the Job controller, played by the test --------------------------------------------------------------
+    def _status_path(self, kind: str, name: str) -> str:
+        return self.path(kind, name) + ("" if self.emulated else "/status")
+
+    def job_running(self, name: str, active: int = 1, failed: int = 0) -> None:
+        self.api.patch(
+            self._status_path("Job", name),
+            {"status": {"active": active, "failed": failed, "startTime": _now(), "ready": active}},
+        )
+
+    def job_succeeded(self, name: str, results: list[dict[str, Any]] | None = None) -> None:
+        """Pods finished with exit code 0 and these termination messages; the Job is Complete."""
+        for index, result in enumerate(results or []):
+            self.add_pod(name, index, exit_code=0, message=result)
+        completions = max(len(results or []), 1)
+        self.api.patch(
+            self._status_path("Job", name),
+            {
+                "status": {
+                    "active": 0,
+                    "ready": 0,
+                    "succeeded": completions,
+                    "completionTime": _now(),
+                    "conditions": [
+                        {"type": "SuccessCriteriaMet", "status": "True"},
+                        {"type": "Complete", "status": "True"},
+                    ],
+                }
+            },
+        )
+
+    def job_failed(
+        self, name: str, reason: str, failed: int, message: str = "", error: str | None = None
+    ) -> None:
+        if error is not None:
+            self.add_pod(name, 0, exit_code=65, message={"error": error, "exitCode": 65})
+        self.api.patch(
+            self._status_path("Job", name),
+            {
+                "status": {
+                    "active": 0,
+                    "ready": 0,
+                    "failed": failed,
+                    "conditions": [
+                        {"type": "FailureTarget", "status": "True", "reason": reason, "message": message},
+                        {"type": "Failed", "status": "True", "reason": reason, "message": message},
+                    ],
+                }
+            },
+        )
+
+    def add_pod(
+        self,
+        job: str,
+        index: int,
+        exit_code: int,
+        message: dict[str, Any] | None = None,
+        conditions: list[dict[str, Any]] | None = None,
+    ) -> None:
+        import json
+
+        name = f"{job}-{index}-{uuid.uuid4().hex[:5]}"
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "labels": {"batch.kubernetes.io/job-name": job, "job-name": job},
+                "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "runtime", "image": "freeatm-runtime:test"}],
+            },
+        }
+        pod = self.create(pod)
+        self.api.patch(
+            self._status_path("Pod", name),
+            {
+                "status": {
+                    "phase": "Succeeded" if exit_code == 0 else "Failed",
+                    "conditions": conditions or [],
+                    "containerStatuses": [
+                        {
+                            "name": "runtime",
+                            "ready": False,
+                            "restartCount": 0,
+                            "image": "freeatm-runtime:test",
+                            "imageID": "",
+                            "state": {
+                                "terminated": {
+                                    "exitCode": exit_code,
+                                    "reason": "Completed" if exit_code == 0 else "Error",
+                                    "message": json.dumps(message or {}),
+                                    "finishedAt": _now(),
+                                }
+                            },
+                        }
+                    ],
+                }
+            },
+        )
+
+    # -- the operator ------------------------------------------------------------------------------------------
+    def start_operator(self, timeout: float = 20) -> None:
+        assert self._operator is None, "operator already running"
+        stop, ready = threading.Event(), threading.Event()
+
+        def main() -> None:
+            asyncio.run(
+                operator(
+                    self.config,
+                    configuration=self.configuration,
+                    stop_flag=stop,
+                    ready_flag=ready,
+                    serve_metrics=False,
+                    liveness=False,
+                )
+            )
+
+        thread = threading.Thread(target=main, name="freeatm-operator", daemon=True)
+        thread.start()
+        if not ready.wait(timeout):
+            raise TimeoutError("the operator did not start")
+        self._operator = (thread, stop)
+
+    def stop_operator(self) -> None:
+        if self._operator is None:
+            return
+        thread, stop = self._operator
+        stop.set()
+        thread.join(30)
+        self._operator = None
+
+    def close(self) -> None:
+        self.stop_operator()
+        self.api.close()
+
+
+class KmockCluster(Cluster):
+    """kmock's KubernetesEmulator on a loopback port, in a background thread."""
+
+    def __init__(self, namespace: str = "ns1") -> None:
+        import kmock
+
+        self._loop = _LoopThread("kmock")
+        self.emulator = kmock.KubernetesEmulator()
+        self.emulator.resources.load_bundled()
+        for kind, info in KINDS.items():
+            self.emulator.resources[f"{API_VERSION}/{info.plural}"] = kmock.ResourceInfo(
+                kind=kind,
+                singular=info.singular,
+                namespaced=True,
+                shortnames={info.short},
+                categories={"freeatm"},
+                verbs={"list", "watch", "get", "create", "patch", "update", "delete"},
+            )
+        self._server = kmock.Server(self.emulator)
+
+        async def enter() -> str:
+            await self.emulator.__aenter__()
+            await self._server.__aenter__()
+            return str(self._server.url).rstrip("/")
+
+        url = self._loop.run(enter())
+        cfg = kubernetes.client.Configuration()
+        cfg.host = url
+        cfg.connection_pool_maxsize = 32
+        super().__init__(cfg, namespace)
+
+    def requests_for(self, method: str, kind: str) -> int:
+        """How many `method` requests reached the collection or objects of `kind` (e.g. POST Job)."""
+        plural = {"Job": "jobs", "Service": "services"}.get(kind) or KINDS[kind].plural
+        return sum(1 for r in self.emulator.requests if r.method == method and f"/{plural}" in str(r.url))
+
+    def close(self) -> None:
+        super().close()
+
+        async def leave() -> None:
+            await self._server.__aexit__(None, None, None)
+            await self.emulator.__aexit__(None, None, None)
+
+        try:
+            self._loop.run(leave(), timeout=10)
+        finally:
+            self._loop.stop()
+
+
+class RealCluster(Cluster):
+    """A real cluster from FREEATM_E2E_KUBECONFIG, in a fresh namespace (CRDs must be installed or installable)."""
+
+    emulated = False
+
+    def __init__(self, kubeconfig: str) -> None:
+        cfg = load_configuration(kubeconfig)
+        ns = f"freeatm-e2e-{uuid.uuid4().hex[:6]}"
+        super().__init__(cfg, ns)
+        for kind in KINDS:
+            crd = crd_for(kind)
+            path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+            if self.api.get(f"{path}/{crd['metadata']['name']}") is None:
+                self.api.create(path, crd)
+        self.api.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        )
+
+    def requests_for(self, method: str, kind: str) -> int:  # not observable on a real cluster
+        return -1
+
+    def close(self) -> None:
+        super().close()
+        self.api.delete(f"/api/v1/namespaces/{self.namespace}")
+
+
+def make_cluster() -> Cluster:
+    path = e2e_kubeconfig()
+    return RealCluster(path) if path else KmockCluster()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
