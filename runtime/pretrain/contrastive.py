@@ -1,0 +1,108 @@
+"""Contrastive pretraining: SimCLR, plus the Free-ATM object-level term (DetCon-style), behind a switch.
+
+Image level (SimCLR, Chen et al. 2020): both views go through the backbone, the pooled features through a
+2-layer MLP projector with BatchNorm, and the NT-Xent loss contrasts each view with its partner against every
+other view of the global batch (embeddings are gathered across ranks with gradients).
+
+Object level (the `objectContrast` fix, after DetCon, Hénaff et al. 2021): the dense feature map of each view is
+pooled inside each object's mask — the label map went through the same crop and flip as the image, then is
+area-downsampled to the feature grid — and projected by the same projector. An object seen in both views is a
+positive pair; every other object of the process's batch (same image or others) is a negative — object counts
+differ between ranks, so unlike the image term this one is not gathered. The term is added to the image loss
+with weight `objectLossWeight`. With the switch off the model computes exactly SimCLR.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones import Backbone
+from .distributed import gather_with_grad
+
+MAX_OBJECTS = (
+    16  # label values 1..MAX_OBJECTS are pooled (an image rarely names more objects); others are ignored
+)
+MIN_OBJECT_AREA = 0.25  # an object must cover this many feature cells in a view to be pooled
+
+
+def projector(dim: int, hidden: int, out: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(dim, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, out),
+    )
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float, gather: bool = True) -> Tensor:
+    """NT-Xent over the global batch: z1[i] and z2[i] are a positive pair, everything else negatives."""
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    if gather:
+        z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
+    z = torch.cat([z1, z2])
+    n = z1.shape[0]
+    logits = z @ z.t() / temperature
+    logits.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def mask_pool(features: Tensor, labels: Tensor, objects: int = MAX_OBJECTS) -> tuple[Tensor, Tensor]:
+    """Features [B,C,h,w] averaged inside each object of the label maps [B,H,W] → ([B,K,C], cell areas [B,K])."""
+    b, _, h, w = features.shape
+    labels = labels.long()
+    labels = torch.where(labels > objects, 0, labels)
+    onehot = F.one_hot(labels, objects + 1)[..., 1:]  # [B,H,W,K], background dropped
+    weights = F.adaptive_avg_pool2d(
+        onehot.permute(0, 3, 1, 2).float(), (h, w)
+    )  # [B,K,h,w] share of each cell
+    area = weights.sum(dim=(2, 3))  # in feature cells
+    pooled = torch.einsum("bkhw,bchw->bkc", weights.to(features.dtype), features)
+    return pooled / area.clamp(min=1e-6)[..., None].to(features.dtype), area
+
+
+class ContrastiveModel(nn.Module):
+    """Backbone + projector; `forward(batch)` returns (loss, parts)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        temperature: float = 0.2,
+        object_contrast: bool = False,
+        object_loss_weight: float = 1.0,
+        proj_dim: int = 128,
+        gather: bool = True,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        dim = backbone.feature_dim
+        self.projector = projector(dim, max(dim, 512), proj_dim)
+        self.temperature = temperature
+        self.object_contrast = object_contrast
+        self.object_loss_weight = object_loss_weight
+        self.gather = gather
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        v1, v2 = batch["view1"], batch["view2"]
+        dense = self.backbone.forward_features(torch.cat([v1, v2]))
+        pooled = dense.mean(dim=(2, 3))
+        z = self.projector(pooled)
+        z1, z2 = z.chunk(2)
+        image_loss = nt_xent(z1, z2, self.temperature, self.gather)
+        parts = {"imageLoss": float(image_loss.detach())}
+        if not self.object_contrast:
+            return image_loss, parts
+        objects, area = mask_pool(dense, torch.cat([batch["mask1"], batch["mask2"]]))
+        (o1, o2), (a1, a2) = objects.chunk(2), area.chunk(2)
+        valid = (a1 >= MIN_OBJECT_AREA) & (a2 >= MIN_OBJECT_AREA)  # [B,K]: the object is seen in both views
+        n = int(valid.sum())
+        if n >= 2:
+            p1, p2 = self.projector(torch.cat([o1[valid], o2[valid]])).chunk(2)
+            object_loss = nt_xent(p1, p2, self.temperature, gather=False)
+        else:  # nothing to contrast in this batch; keep the graph so every rank reduces the same gradients
+            object_loss = objects.sum() * 0.0
+        parts["objectLoss"] = float(object_loss.detach())
+        return image_loss + self.object_loss_weight * object_loss, parts

@@ -1,0 +1,372 @@
+"""Training data: a synthetic dataset's shards streamed with webdataset, paired image+mask augmentation.
+
+Reading. `open_dataset` reads and checks manifest.json (docs/dataset-format.md). Every process (rank) and every
+loader worker inside it reads its own part: with at least as many shards as ranks, rank r reads shards r,
+r+world, …; with fewer shards than ranks every rank reads all shards and keeps the samples whose index ≡ rank
+(mod world) — disjoint either way. Shards stream from file://, pvc:// or s3:// through webdataset's tar
+iterators; nothing is copied to disk first.
+
+Determinism. The order of an epoch is a function of (seed, epoch, rank, worker) and a batch's augmentation a
+function of (seed, epoch, rank, global batch index), so a resumed run skips the batches it already trained on
+without decoding them and then sees exactly the batches the interrupted run would have seen.
+
+Augmentation. Geometric operations (crop, resize, flip) apply identically to the image and its label map
+(nearest-neighbour), colour operations to the image only. Mask-aware cropping picks one object of the image
+and samples each view's crop until it keeps at least `min_object_share` of that object's pixels (the best of
+`CROP_TRIES` candidates otherwise); with it off the crops are plain RandomResizedCrop — the same code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..errors import InvalidInput, TransientError
+from ..storage import MissingKey, join, local_path, open_store
+
+log = logging.getLogger("freeatm.pretrain.data")
+
+FORMAT = "freeatm.synthetic/v1"
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+CROP_TRIES = 10
+SHUFFLE_BUFFER = 256
+
+
+@dataclass
+class DatasetInfo:
+    """A dataset's manifest and what training needs from it."""
+
+    uri: str
+    manifest: dict[str, Any]
+    digest: str  # sha256 of manifest.json, as SyntheticDataset reports it
+    shards: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return int(self.manifest["images"])
+
+    @property
+    def has_masks(self) -> bool:
+        return bool(self.manifest.get("hasMasks"))
+
+
+def open_dataset(uri: str, *, need_masks: bool, batch_size: int) -> DatasetInfo:
+    """Read and check the dataset at `uri`; InvalidInput with a specific message when it cannot be trained on."""
+    store = open_store(uri)
+    try:
+        raw = store.read_bytes("manifest.json")
+    except MissingKey as e:
+        raise InvalidInput(
+            f"dataset {uri} has no manifest.json: it is not a dataset written by a SyntheticDataset, or its "
+            "generation has not finished"
+        ) from e
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"{join(uri, 'manifest.json')} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise InvalidInput(f"{join(uri, 'manifest.json')}: format {got!r} is not {FORMAT!r}")
+    shards = [s for s in manifest.get("shards") or [] if int(s.get("samples", 0)) > 0]
+    images = int(manifest.get("images") or 0)
+    if images <= 0 or not shards:
+        raise InvalidInput(
+            f"dataset {uri} is empty: its manifest lists {images} images in {len(shards)} shards"
+        )
+    if need_masks and not manifest.get("hasMasks"):
+        raise InvalidInput(
+            f"method.useMasks is true but dataset {uri} has no masks (manifest hasMasks: false); "
+            "generate it with masks or set useMasks: false for the baseline"
+        )
+    if batch_size > images:
+        raise InvalidInput(
+            f"training.batchSize {batch_size} is larger than the dataset ({images} images in {uri})"
+        )
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    return DatasetInfo(uri=uri, manifest=manifest, digest=digest, shards=shards)
+
+
+# --- who reads what ---------------------------------------------------------------------------------------------
+
+
+def assign(
+    num_shards: int, rank: int, world: int, worker: int = 0, workers: int = 1
+) -> tuple[list[int], int, int]:
+    """The shards consumer (rank, worker) reads and the (modulus, remainder) its sample indices must satisfy.
+
+    Shards are split over ranks when there are enough, otherwise samples are; inside a rank the same rule
+    splits the rank's part over its loader workers. The parts of all consumers are disjoint.
+    """
+    if num_shards >= world:
+        mine = list(range(rank, num_shards, world))
+        if len(mine) >= workers:
+            return mine[worker::workers], 1, 0
+        return mine, workers, worker
+    return list(range(num_shards)), world * workers, rank * workers + worker
+
+
+def _open_stream(uri: str) -> Any:
+    path = local_path(uri)
+    if path is not None:
+        try:
+            return path.open("rb")
+        except FileNotFoundError as e:
+            raise InvalidInput(f"shard {uri} listed in the manifest does not exist") from e
+    parts = urlsplit(uri)
+    if parts.scheme != "s3":
+        raise InvalidInput(f"{uri}: cannot stream a shard from {parts.scheme}://")
+    store = open_store(uri.rsplit("/", 1)[0])
+    key = parts.path.strip("/")
+    out = store._call("reading", uri.rsplit("/", 1)[1], store.client.get_object, Bucket=parts.netloc, Key=key)  # type: ignore[attr-defined]
+    return out["Body"]
+
+
+def iter_raw(
+    uri: str, shard_names: list[str], modulus: int = 1, remainder: int = 0
+) -> Iterator[dict[str, Any]]:
+    """Undecoded samples ({"__key__", "png", "mask.png", "json", …}) of the given shards, in order."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    for name in shard_names:
+        shard_uri = join(uri, name)
+        stream = _open_stream(shard_uri)
+        try:
+            for sample in group_by_keys(tar_file_expander([{"stream": stream, "url": shard_uri}])):
+                key = sample["__key__"].rsplit("/", 1)[-1]
+                try:
+                    index = int(key)
+                except ValueError as e:
+                    raise InvalidInput(f"{shard_uri}: sample key {key!r} is not a zero-padded index") from e
+                if index % modulus == remainder:
+                    sample["index"] = index
+                    yield sample
+        except (InvalidInput, TransientError):
+            raise
+        except OSError as e:
+            raise TransientError(f"reading shard {shard_uri} failed: {e}") from e
+        except Exception as e:  # a corrupt tar
+            raise InvalidInput(f"shard {shard_uri} is not a readable tar: {type(e).__name__}: {e}") from e
+        finally:
+            stream.close()
+
+
+def decode(sample: dict[str, Any], want_mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uint8 RGB image H×W×3, uint8 label map at the image's size or None)."""
+    from PIL import Image
+
+    if "png" not in sample:
+        raise InvalidInput(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image (.png)")
+    image = np.array(Image.open(io.BytesIO(sample["png"])).convert("RGB"))
+    if not want_mask:
+        return image, None
+    if "mask.png" not in sample:
+        raise InvalidInput(
+            f"sample {sample.get('__key__')} in {sample.get('__url__')} has no mask (.mask.png)"
+        )
+    mask_img = Image.open(io.BytesIO(sample["mask.png"]))
+    if mask_img.size != (image.shape[1], image.shape[0]):
+        mask_img = mask_img.resize((image.shape[1], image.shape[0]), Image.Resampling.NEAREST)
+    return image, np.array(mask_img, dtype=np.uint8)
+
+
+# --- augmentation -----------------------------------------------------------------------------------------------
+
+
+def random_box(
+    rng: np.random.Generator, h: int, w: int, scale: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """A RandomResizedCrop box (top, left, height, width): area share in `scale`, aspect ratio in [3/4, 4/3]."""
+    area = h * w
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    side = min(h, w)
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
+def object_box(
+    rng: np.random.Generator, obj: np.ndarray, scale: tuple[float, float], min_share: float
+) -> tuple[int, int, int, int]:
+    """A crop box keeping at least `min_share` of the pixels of boolean mask `obj` (the best of CROP_TRIES)."""
+    h, w = obj.shape
+    total = obj.sum()
+    best, best_share = None, -1.0
+    for _ in range(CROP_TRIES):
+        box = random_box(rng, h, w, scale)
+        top, left, ch, cw = box
+        share = obj[top : top + ch, left : left + cw].sum() / total
+        if share >= min_share:
+            return box
+        if share > best_share:
+            best, best_share = box, share
+    return best  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Per-view augmentation settings."""
+
+    size: int
+    scale: tuple[float, float]
+    colour: bool  # colour jitter (p=0.8) and grayscale (p=0.2), SimCLR strengths
+    mask_aware: bool = False
+    min_object_share: float = 0.3
+
+
+def view(
+    rng: np.random.Generator,
+    image: torch.Tensor,
+    labels: torch.Tensor | None,
+    aug: Augment,
+    obj: np.ndarray | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One augmented view: float image [3,S,S] normalised, label map [S,S] uint8 (same geometry) or None."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    _, h, w = image.shape
+    if obj is not None:
+        top, left, ch, cw = object_box(rng, obj, aug.scale, aug.min_object_share)
+    else:
+        top, left, ch, cw = random_box(rng, h, w, aug.scale)
+    flip = rng.random() < 0.5
+    img = F.resized_crop(image, top, left, ch, cw, [aug.size, aug.size], antialias=True)
+    if flip:
+        img = img.flip(-1)
+    out_labels = None
+    if labels is not None:
+        out_labels = F.resized_crop(
+            labels[None], top, left, ch, cw, [aug.size, aug.size], interpolation=InterpolationMode.NEAREST
+        )[0]
+        if flip:
+            out_labels = out_labels.flip(-1)
+    img = img.float() / 255.0
+    if aug.colour:
+        if rng.random() < 0.8:
+            factors = [
+                rng.uniform(0.6, 1.4),
+                rng.uniform(0.6, 1.4),
+                rng.uniform(0.6, 1.4),
+                rng.uniform(-0.1, 0.1),
+            ]
+            for i in rng.permutation(4):
+                if i == 0:
+                    img = F.adjust_brightness(img, factors[0])
+                elif i == 1:
+                    img = F.adjust_contrast(img, factors[1])
+                elif i == 2:
+                    img = F.adjust_saturation(img, factors[2])
+                else:
+                    img = F.adjust_hue(img, factors[3])
+        if rng.random() < 0.2:
+            img = F.rgb_to_grayscale(img, num_output_channels=3)
+    img = F.normalize(img, MEAN, STD)
+    return img, out_labels
+
+
+# --- the streaming dataset --------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamConfig:
+    """What one rank reads and how it turns samples into batches."""
+
+    info: DatasetInfo
+    rank: int
+    world: int
+    local_batch: int
+    steps_per_epoch: int
+    seed: int
+    views: int  # 2: contrastive pair; 1: MIM
+    augment: Augment
+    want_masks: bool
+
+
+class ShardStream(IterableDataset):
+    """Yields this rank's batches of one epoch (set with `set_epoch`), skipping the first `skip` batches.
+
+    Each loader worker produces every `workers`-th batch of the epoch from its own part of the rank's data; the
+    DataLoader interleaves them back into order. A batch is a dict: "index" [B] and "view1"/"view2" (contrastive) or "image" (MIM),
+    with "mask1"/"mask2"/"mask" label maps when masks are used.
+    """
+
+    def __init__(self, cfg: StreamConfig) -> None:
+        self.cfg = cfg
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _samples(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        """This worker's samples, shuffled, cycling (a new order each pass) for as long as it is asked."""
+        cfg = self.cfg
+        shard_ids, modulus, remainder = assign(len(cfg.info.shards), cfg.rank, cfg.world, worker, workers)
+        names = [cfg.info.shards[i]["name"] for i in shard_ids]
+        for cycle in range(1_000_000):
+            rng = np.random.default_rng([cfg.seed, self.epoch, cfg.rank, worker, cycle])
+            order = [names[i] for i in rng.permutation(len(names))]
+            buffer: list[dict[str, Any]] = []
+            produced = 0
+            for sample in iter_raw(cfg.info.uri, order, modulus, remainder):
+                buffer.append(sample)
+                if len(buffer) >= SHUFFLE_BUFFER:
+                    yield buffer.pop(int(rng.integers(len(buffer))))
+                    produced += 1
+            while buffer:
+                yield buffer.pop(int(rng.integers(len(buffer))))
+                produced += 1
+            if produced == 0:
+                raise InvalidInput(f"dataset {cfg.info.uri}: rank {cfg.rank} found no samples in {order}")
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader asks worker 0 first: physical worker w serves the batches b ≡ skip + w (mod workers),
+        # so the data of batch b depends on (epoch, b, workers) only, not on where the run (re)started.
+        virtual = (self.skip + worker) % workers
+        samples = self._samples(virtual, workers)
+        for b in range(virtual, cfg.steps_per_epoch, workers):
+            raw = [next(samples) for _ in range(cfg.local_batch)]
+            if b < self.skip:
+                continue  # trained on before the restart: read, not decoded
+            yield self.make_batch(raw, b)
+
+    def make_batch(self, raw: list[dict[str, Any]], b: int) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, self.epoch, cfg.rank, b, 7])
+        keys = ("view1", "view2") if cfg.views == 2 else ("image",)
+        mask_keys = ("mask1", "mask2") if cfg.views == 2 else ("mask",)
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, *mask_keys)}
+        for sample in raw:
+            image_np, labels_np = decode(sample, cfg.want_masks)
+            image = torch.from_numpy(image_np).permute(2, 0, 1).contiguous()
+            labels = torch.from_numpy(labels_np) if labels_np is not None else None
+            obj = None
+            if cfg.augment.mask_aware and labels_np is not None:
+                present = [k for k in np.unique(labels_np) if k > 0]
+                if present:
+                    obj = labels_np == present[int(rng.integers(len(present)))]
+            for key, mask_key in zip(keys, mask_keys, strict=True):
+                img, lab = view(rng, image, labels, cfg.augment, obj)
+                out[key].append(img)
+                if lab is not None:
+                    out[mask_key].append(lab)
+        batch = {k: torch.stack(v) for k, v in out.items() if v}
+        batch["index"] = torch.tensor([s["index"] for s in raw], dtype=torch.long)
+        return batch

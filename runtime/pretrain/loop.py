@@ -1,0 +1,382 @@
+"""The training loop, readable top to bottom: set-up, data, model, optimiser, resume, train, checkpoint, export.
+
+`Trainer` holds everything one process needs; `train(resource)` runs it. The same code runs the baseline and
+the mask-guided variant: `method.fixes()` gives the effective switches, and with `useMasks: false` every one of
+them is off (the masks are then not even decoded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from freeatm.api import MaskPretrainJob
+
+from .. import metrics
+from ..backbones import METADATA_FILE, WEIGHTS_FILE, Backbone, create_backbone, save_export
+from ..errors import InvalidInput
+from ..progress import reporter
+from ..storage import MissingKey, open_store
+from . import checkpoint
+from .contrastive import ContrastiveModel
+from .data import MEAN, STD, Augment, DatasetInfo, ShardStream, StreamConfig, open_dataset
+from .distributed import DistInfo, all_gather_object, barrier, setup, teardown
+from .mim import MAEModel
+
+log = logging.getLogger("freeatm.pretrain")
+
+TRACE_ENV = (
+    "FREEATM_TRACE_SAMPLES"  # path: append each step's sample indices as JSON lines (tests, debugging)
+)
+CONTRASTIVE_SCALE = (0.08, 1.0)  # SimCLR's RandomResizedCrop
+MIM_SCALE = (0.2, 1.0)  # MAE's
+
+
+def spec_digest(resource: MaskPretrainJob) -> str:
+    """Digest of what determines the training result: dataset, method, backbone and training settings."""
+    spec = resource.spec.to_wire()
+    relevant = {k: spec.get(k) for k in ("dataset", "method", "backbone", "training")}
+    relevant["dataset"] = {"uri": resource.spec.dataset.uri}
+    text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- optimisation -----------------------------------------------------------------------------------------------
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (You et al. 2017) for parameters with weight decay."""
+
+    def __init__(
+        self, params: Any, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001
+    ):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if (
+                    group["weight_decay"] > 0
+                ):  # norms and biases are in the group without decay: no adaptation
+                    d = d.add(p, alpha=group["weight_decay"])
+                    pn, dn = torch.norm(p), torch.norm(d)
+                    ratio = torch.where((pn > 0) & (dn > 0), group["eta"] * pn / dn, torch.ones_like(pn))
+                    d = d.mul(ratio)
+                buf = self.state[p].setdefault("mu", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(d)
+                p.add_(buf, alpha=-group["lr"])
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or pname.endswith((".bias", "token", "pos_embed")) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    return LARS(groups, lr=lr)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, kind: str) -> Any:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --- the trainer ------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One process's share of a MaskPretrainJob."""
+
+    def __init__(self, resource: MaskPretrainJob, dist: DistInfo | None = None) -> None:
+        spec = resource.spec
+        self.resource, self.spec = resource, spec
+        self.dist = dist or DistInfo(0, 1, 0, torch.device("cpu"))
+        self.method, self.training = spec.method, spec.training
+        self.fixes = spec.method.fixes()
+        self.output = spec.output.uri.rstrip("/")
+        self.digest = spec_digest(resource)
+        if spec.dataset.uri is None:
+            raise InvalidInput(
+                f"dataset.ref {spec.dataset.ref!r} was not resolved to a URI before the job started"
+            )
+        world = self.dist.world
+        if self.training.batch_size % world:
+            raise InvalidInput(
+                f"training.batchSize {self.training.batch_size} does not split over {world} processes"
+            )
+        self.local_batch = self.training.batch_size // world
+
+        # data
+        self.info: DatasetInfo = open_dataset(
+            spec.dataset.uri, need_masks=self.method.use_masks, batch_size=self.training.batch_size
+        )
+        self.steps_per_epoch = self.info.images // self.training.batch_size
+        self.total_steps = self.steps_per_epoch * self.training.epochs
+        contrastive = self.method.framework == "contrastive"
+        if self.method.framework not in ("contrastive", "mim"):
+            raise InvalidInput(
+                f"method.framework {self.method.framework!r} is not implemented yet (contrastive, mim)"
+            )
+        want_masks = any(self.fixes.values())
+        augment = Augment(
+            size=self.training.image_size,
+            scale=CONTRASTIVE_SCALE if contrastive else MIM_SCALE,
+            colour=contrastive,
+            mask_aware=self.fixes.get("maskAwareCrop", False),
+            min_object_share=self.method.min_object_share,
+        )
+        self.stream = ShardStream(
+            StreamConfig(
+                info=self.info,
+                rank=self.dist.rank,
+                world=world,
+                local_batch=self.local_batch,
+                steps_per_epoch=self.steps_per_epoch,
+                seed=self.training.seed,
+                views=2 if contrastive else 1,
+                augment=augment,
+                want_masks=want_masks,
+            )
+        )
+
+        # model
+        torch.manual_seed(self.training.seed)
+        self.backbone: Backbone = create_backbone(spec.backbone, self.training.image_size)
+        if contrastive:
+            self.model: nn.Module = ContrastiveModel(
+                self.backbone,
+                temperature=self.method.temperature,
+                object_contrast=self.fixes.get("objectContrast", False),
+                object_loss_weight=self.method.object_loss_weight,
+            )
+        else:
+            self.model = MAEModel(
+                self.backbone,
+                mask_ratio=self.method.mask_ratio,
+                guided_masking=self.fixes.get("guidedMasking", False),
+                object_weighted_loss=self.fixes.get("objectWeightedLoss", False),
+            )
+        self.model.to(self.dist.device)
+        self.ddp: nn.Module = self.model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if self.dist.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                self.ddp = DistributedDataParallel(self.model, device_ids=[self.dist.local_rank])
+            else:
+                self.ddp = DistributedDataParallel(self.model)
+
+        # optimisation
+        self.optimizer = make_optimizer(
+            self.model, self.training.optimizer, self.training.lr, self.training.weight_decay
+        )
+        warmup = round(self.training.warmup_epochs * self.steps_per_epoch)
+        self.schedule = make_schedule(self.optimizer, warmup, self.total_steps, self.training.schedule)
+        on_gpu = self.dist.device.type == "cuda"
+        self.amp_dtype = (
+            {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.training.precision) if on_gpu else None
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=on_gpu and self.training.precision == "fp16")
+        self.step, self.last_loss = 0, float("nan")
+
+    # -- data
+
+    def batches(self, epoch: int, skip: int = 0, workers: int | None = None) -> DataLoader:
+        """The rest of `epoch` for this rank, from batch `skip` on."""
+        self.stream.set_epoch(epoch, skip)
+        workers = self.training.loader_workers if workers is None else workers
+        return DataLoader(
+            self.stream,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.dist.device.type == "cuda",
+            prefetch_factor=2 if workers else None,
+        )
+
+    # -- one step
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+        device = self.dist.device
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
+        if isinstance(self.model, MAEModel):
+            g = torch.Generator()
+            g.manual_seed(
+                int(
+                    np.random.SeedSequence([self.training.seed, self.dist.rank, self.step]).generate_state(1)[
+                        0
+                    ]
+                )
+            )
+            self.model.generator = g
+        self.ddp.train()
+        autocast = torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with autocast:
+            loss, parts = self.ddp(batch)
+        if not torch.isfinite(loss):
+            raise InvalidInput(
+                f"training diverged: loss is {float(loss)} at step {self.step + 1}; lower training.lr"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        self.step += 1
+        self.last_loss = float(loss.detach())
+        return self.last_loss, parts
+
+    # -- checkpoints
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.step // self.steps_per_epoch,
+            "specDigest": self.digest,
+            "world": self.dist.world,
+            "loss": self.last_loss,
+        }
+
+    def save_checkpoint(self) -> None:
+        """Every rank contributes its RNG state; rank 0 writes."""
+        rngs = all_gather_object(checkpoint.rng_state())
+        if self.dist.is_main:
+            uri = checkpoint.save(self.output, self.step, {**self.state(), "rng": rngs})
+            log.info("checkpoint %s", uri)
+        barrier()
+
+    def resume(self) -> None:
+        state = checkpoint.load_latest(self.output, self.digest)
+        found = all_gather_object(state["step"] if state else 0)
+        if len(set(found)) != 1:
+            raise InvalidInput(
+                f"ranks found different checkpoints under {self.output} ({found}): use shared storage"
+            )
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.last_loss = int(state["step"]), float(state.get("loss", float("nan")))
+        rngs = state.get("rng") or []
+        if len(rngs) == self.dist.world:
+            checkpoint.set_rng_state(rngs[self.dist.rank])
+
+    # -- export
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "framework": self.method.framework,
+            "useMasks": self.method.use_masks,
+            "fixes": self.fixes,
+            "method": self.method.to_wire(),
+            "datasetUri": self.info.uri,
+            "datasetDigest": self.info.digest,
+            "specDigest": self.digest,
+            "epochs": self.training.epochs,
+            "steps": self.step,
+            "seed": self.training.seed,
+            "finalLoss": self.last_loss,
+            "normalize": {"mean": list(MEAN), "std": list(STD)},
+            "job": self.resource.metadata.name,
+        }
+
+    def finished_export(self) -> bool:
+        """True when this very spec already trained to the end and exported (a restarted, finished pod)."""
+        store = open_store(self.output)
+        try:
+            meta = json.loads(store.read_bytes(METADATA_FILE))
+        except (MissingKey, ValueError):
+            return False
+        return meta.get("specDigest") == self.digest and meta.get("steps") == self.total_steps
+
+    # -- the run
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (resuming if possible), checkpoint, export; return the job's outputs."""
+        store = open_store(self.output)
+        outputs = {"uri": self.output, "checkpointUri": store.url(WEIGHTS_FILE)}
+        if self.finished_export():
+            log.info("%s already holds the finished export of this spec; nothing to do", self.output)
+            return outputs
+        self.resume()
+        progress = reporter(self.total_steps, "steps")
+        trace = os.environ.get(TRACE_ENV)
+        every = self.training.checkpoint_every
+        log.info(
+            "pretraining %s %s on %s: %d steps (%d epochs × %d), batch %d (%d per process × %d), fixes %s, from step %d",
+            self.spec.backbone, self.method.framework, self.info.uri, self.total_steps, self.training.epochs,
+            self.steps_per_epoch, self.training.batch_size, self.local_batch, self.dist.world, self.fixes, self.step,
+        )  # fmt: skip
+        while self.step < self.total_steps:
+            epoch, skip = divmod(self.step, self.steps_per_epoch)
+            metrics.TRAIN_EPOCH.set(epoch + 1)
+            tick = time.perf_counter()
+            for batch in self.batches(epoch, skip):
+                if trace:
+                    with open(f"{trace}.rank{self.dist.rank}", "a") as f:
+                        f.write(
+                            json.dumps(
+                                {
+                                    "step": self.step + 1,
+                                    "rank": self.dist.rank,
+                                    "index": batch["index"].tolist(),
+                                }
+                            )
+                            + "\n"
+                        )
+                loss, _ = self.train_step(batch)
+                now = time.perf_counter()
+                metrics.TRAIN_LOSS.set(loss)
+                metrics.TRAIN_STEP.set(self.step)
+                metrics.TRAIN_THROUGHPUT.set(self.local_batch / max(now - tick, 1e-9))
+                tick = now
+                progress.update(self.step, epoch=epoch + 1, step=self.step, loss=round(loss, 5))
+                if self.step % every == 0 or self.step == self.total_steps:
+                    self.save_checkpoint()
+        progress.update(
+            self.step, force=True, epoch=self.training.epochs, step=self.step, loss=round(self.last_loss, 5)
+        )
+        if self.dist.is_main:
+            save_export(self.backbone, self.metadata(), self.output)
+        barrier()
+        return outputs
+
+
+def train(resource: MaskPretrainJob) -> dict[str, Any]:
+    """Run this process's part of the job (torchrun starts one per GPU, or one per pod on CPU)."""
+    dist = setup(use_gpu=resource.spec.distributed.gpus_per_node > 0)
+    try:
+        torch.manual_seed(resource.spec.training.seed + dist.rank)
+        return Trainer(resource, dist).fit()
+    finally:
+        teardown()
