@@ -129,7 +129,12 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             return
         started = time.perf_counter()
         try:
-            outcome = reconcile(body, _lookup(index, ns), ctx)
+            # kopf delivers on.event bodies as they were streamed, possibly older than our own last status patch:
+            # reconcile the object as stored now.
+            fresh = ctx.kube.get(resource_path(kind, ns, name))
+            if fresh is None:
+                return
+            outcome = reconcile(fresh, _lookup(index, ns), ctx)
         except Exception as e:
             metrics.RECONCILES.labels(kind, "error").inc()
             logger.warning("reconcile failed, retrying in %.0fs: %s", RETRY_SECONDS, e)

@@ -194,6 +194,9 @@ def render(
     command = KINDS[kind].runtime_command
     jname = job_name(kind, name)
     resolved = resolve(resource, dependency_outputs)
+    resolved["spec"].pop(
+        "suspend", None
+    )  # the Job's business, not the runtime's (and not part of the spec hash)
     labels = workload_labels(kind, name)
     nodes, nproc = _processes(resource)
     multi_node = nodes > 1

@@ -78,7 +78,6 @@ class Cluster:
         doc.setdefault("apiVersion", API_VERSION if doc["kind"] in KINDS else "v1")
         if self.emulated:  # what the API server would assign
             doc["metadata"].setdefault("uid", str(uuid.uuid4()))
-            doc["metadata"].setdefault("resourceVersion", str(next(_rv)))
             doc["metadata"].setdefault(
                 "creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             )
@@ -94,11 +93,7 @@ class Cluster:
 
     def patch_spec(self, kind: str, name: str, spec: dict[str, Any]) -> None:
         """Change the spec (the API server bumps metadata.generation; kmock does not, so the harness does)."""
-        body: dict[str, Any] = {"spec": spec}
-        if self.emulated:
-            gen = int(((self.get(kind, name) or {}).get("metadata") or {}).get("generation") or 1)
-            body["metadata"] = {"generation": gen + 1, "resourceVersion": str(next(_rv))}
-        self.api.patch(self.path(kind, name), body)
+        self.api.patch(self.path(kind, name), {"spec": spec})
 
     def delete(self, kind: str, name: str) -> None:
         self.api.delete(self.path(kind, name))
@@ -255,6 +250,27 @@ class Cluster:
         self.api.close()
 
 
+def _emulator_class() -> type:
+    import kmock
+
+    class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+        """kmock plus what the API server does on every write: a new resourceVersion; generation on spec changes."""
+
+        async def _handle(self, request: Any) -> Any:
+            writes = (kmock.action.CREATE, kmock.action.UPDATE)
+            if request.resource is not None and isinstance(request.data, dict) and request.action in writes:
+                meta = request.data.setdefault("metadata", {})
+                meta["resourceVersion"] = str(next(_rv))
+                key = (request.resource, request.namespace, request.name)
+                if request.action == kmock.action.UPDATE and "spec" in request.data and key in self.objects:
+                    stored = self.objects[key]
+                    if not stored.deleted:
+                        meta["generation"] = int((stored.get("metadata") or {}).get("generation") or 1) + 1
+            return await super()._handle(request)
+
+    return Emulator
+
+
 class KmockCluster(Cluster):
     """kmock's KubernetesEmulator on a loopback port, in a background thread."""
 
@@ -262,7 +278,7 @@ class KmockCluster(Cluster):
         import kmock
 
         self._loop = _LoopThread("kmock")
-        self.emulator = kmock.KubernetesEmulator()
+        self.emulator = _emulator_class()()
         self.emulator.resources.load_bundled()
         for kind, info in KINDS.items():
             self.emulator.resources[f"{API_VERSION}/{info.plural}"] = kmock.ResourceInfo(
