@@ -5,6 +5,7 @@ Needs `.ci/helm-setup.sh` (a Python >= 3.12 with helm-sdkpy): fails in CI when m
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -408,6 +409,7 @@ def test_dashboard_configmap_for_the_grafana_sidecar(rendered):
     assert cm["metadata"]["annotations"] == {"grafana_folder": "freeatm"}
     (name,) = cm["data"]
     assert name.endswith(".json")
+    assert json.loads(cm["data"][name]) == json.loads((CHART / "dashboards" / "freeatm.json").read_text())
     assert not [
         c
         for c in by_kind(docs_of(rendered, "minimal"), "ConfigMap")
