@@ -454,3 +454,40 @@ def test_chart_metadata():
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert chart["appVersion"] == project["version"], "Chart.yaml appVersion follows pyproject's version"
+
+
+def test_operator_reads_the_configuration_the_chart_sets(rendered):
+    """The Deployment's FREEATM_* environment is what freeatm.operator.config reads (the contract between both)."""
+    from freeatm.operator.config import OperatorConfig
+
+    for scenario, namespaces in (("namespaced", ("a", "b")), ("default", ())):
+        container = one(docs_of(rendered, scenario), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        config = OperatorConfig.from_env(env)
+        assert config.namespaces == namespaces
+        assert config.runtime_image == env["FREEATM_RUNTIME_IMAGE"]
+        assert config.image_pull_policy == "IfNotPresent"
+        assert config.service_account == "freeatm-runtime"
+        assert (config.metrics_port, config.liveness_port) == (8080, 8081)
+        values = yaml.safe_load((CHART / "values.yaml").read_text())
+        assert config.runtime_metrics_port == values["runtime"]["metricsPort"]
+
+
+def test_pod_monitor_selects_the_pods_the_operator_renders(rendered):
+    """The PodMonitor's selector and port name match the labels and port of the operator's workload pods."""
+    from freeatm.api import parse_resource
+    from freeatm.operator.config import OperatorConfig
+    from freeatm.operator.workload import render as render_workload
+
+    resource = parse_resource({
+        "apiVersion": "freeatm.io/v1alpha1", "kind": "SyntheticDataset",
+        "metadata": {"name": "shapes", "namespace": "a"},
+        "spec": {"model": {"uri": "toy://shapes"}, "prompts": {"preset": "shapes"},
+                 "output": {"uri": "file:///var/freeatm/shapes"}},
+    })  # fmt: skip
+    (job,) = [o for o in render_workload(resource, {}, OperatorConfig()) if o["kind"] == "Job"]
+    pod = job["spec"]["template"]
+    pm = one(docs_of(rendered, "namespaced"), "PodMonitor")
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    ports = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] in ports
