@@ -69,6 +69,19 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 SCENARIOS["cluster-full"].pop("metrics_")
 
+# The values of the GitOps examples render too (examples/gitops/).
+_GITOPS = CHART.parents[1] / "examples" / "gitops"
+SCENARIOS["argocd-example"] = next(
+    d["spec"]["source"]["helm"]["valuesObject"]
+    for d in yaml.safe_load_all((_GITOPS / "argocd-application.yaml").read_text())
+    if d["spec"]["source"].get("path") == "helm/freeatm"
+)
+SCENARIOS["flux-example"] = next(
+    d["spec"]["values"]
+    for d in yaml.safe_load_all((_GITOPS / "flux-kustomization.yaml").read_text())
+    if d["kind"] == "HelmRelease"
+)
+
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, dict[str, Any]]:
@@ -447,6 +460,20 @@ def test_every_value_is_documented():
     assert not undocumented, "undocumented values:\n" + "\n".join(undocumented)
 
 
+def test_example_values_only_use_keys_the_chart_has():
+    """A typo in the GitOps examples' values would be silently ignored by Helm: every key must exist."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(given: dict[str, Any], known: dict[str, Any], path: str) -> None:
+        for key, value in given.items():
+            assert key in known, f"{path}{key} is not a value of the chart"
+            if isinstance(value, dict) and known[key]:
+                walk(value, known[key], f"{path}{key}.")
+
+    for scenario in ("argocd-example", "flux-example", "namespaced", "cluster-full", "minimal"):
+        walk(SCENARIOS[scenario], values, f"{scenario}: ")
+
+
 def test_chart_metadata():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2" and chart["name"] == "freeatm" and chart["type"] == "application"
@@ -461,7 +488,9 @@ def test_operator_reads_the_configuration_the_chart_sets(rendered):
     from freeatm.operator.config import OperatorConfig
 
     for scenario, namespaces in (("namespaced", ("a", "b")), ("default", ())):
-        container = one(docs_of(rendered, scenario), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        container = one(docs_of(rendered, scenario), "Deployment")["spec"]["template"]["spec"]["containers"][
+            0
+        ]
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         config = OperatorConfig.from_env(env)
         assert config.namespaces == namespaces
