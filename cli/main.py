@@ -60,6 +60,55 @@ def validate(files: list[Path] = FILES) -> None:
 
 
 @app.command()
+def render(
+    files: list[Path] = FILES,
+    image: str | None = typer.Option(None, "--image", help="runtime image (default: the operator's)"),
+) -> None:
+    """Print the Jobs and Services the operator would create for these resources (same rendering code)."""
+    from freeatm.operator.config import OperatorConfig
+    from freeatm.operator.workload import planned_outputs
+    from freeatm.operator.workload import render as render_workload
+
+    result = manifests.load(files)
+    for p in result.errors:
+        err.print(
+            f"[red]error[/]: {p.file}: {p.document}: [bold]{p.path}[/]: {p.message}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if result.errors:
+        raise typer.Exit(1)
+    config = OperatorConfig.from_env(runtime_image=image)
+    outputs = planned_outputs(result.resources)
+    objects = [obj for r in result.resources for obj in render_workload(r, outputs, config)]
+    typer.echo("---\n".join(dump_yaml(o) for o in objects), nl=False)
+
+
+@app.command()
+def operator(
+    namespace: list[str] = typer.Option(
+        [], "--namespace", "-n", help="namespace to watch (repeat); default: all"
+    ),
+    metrics_port: int = typer.Option(8080, help="port of /metrics"),
+    liveness_port: int = typer.Option(8081, help="port of kopf's /healthz"),
+    image: str | None = typer.Option(None, "--image", help="runtime image of the workloads"),
+    service_account: str | None = typer.Option(None, help="default ServiceAccount of the workload pods"),
+    log_level: str = typer.Option("INFO", help="log level"),
+) -> None:
+    """Run the kopf operator against the cluster of the current kubeconfig (or in-cluster)."""
+    from freeatm.operator.main import run_operator
+
+    run_operator(
+        namespace,
+        metrics_port,
+        liveness_port,
+        runtime_image=image,
+        service_account=service_account,
+        log_level=log_level,
+    )
+
+
+@app.command()
 def run(
     files: list[Path] = FILES,
     workdir: Path = typer.Option(
