@@ -15,6 +15,7 @@ seed and its index, so a shard regenerates identically.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from typing import Any
 
 from freeatm.api import SyntheticDataset
 from freeatm.runtime import metrics
-from freeatm.runtime.errors import InvalidInput
+from freeatm.runtime.errors import InvalidInput, TransientError
 from freeatm.runtime.progress import reporter
 from freeatm.runtime.storage import Store, open_store
 
@@ -60,9 +61,21 @@ def worker_index(workers: int) -> int:
     return index
 
 
+_PERMANENT_ERRNOS = {errno.EROFS, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EEXIST, errno.EISDIR}
+
+
 def _check_writable(store: Store, index: int) -> None:
+    """Fail before loading the model when the output cannot be written (permanent errors are InvalidInput)."""
     key = f"shards/.write-check-{index}"
-    store.write_bytes(key, b"ok")
+    try:
+        store.write_bytes(key, b"ok")
+    except TransientError as e:
+        cause = e.__cause__
+        if isinstance(cause, OSError) and cause.errno in _PERMANENT_ERRNOS:
+            raise InvalidInput(
+                f"output {store.uri} is not writable: {cause.strerror} ({cause.filename})"
+            ) from e
+        raise
     store.delete(key)
 
 
