@@ -8,6 +8,7 @@ status patch kopf applies. Two wake-ups make it event-driven rather than timer-d
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from .dependencies import DEPENDENCY_REASONS, Summary
 from .events import Event, event_object
 from .kube import resource_path
 from .reconcile import Context, delete_workload, job_owner, job_state, manifest, reconcile
+from .status import OWNED
 from .workload import LABEL_MANAGED_BY, MANAGED_BY
 
 INDEX = "freeatm_resources"
@@ -100,6 +102,16 @@ def wake_dependents(
                 touch(ctx, dkind, ns, dname, f"{kind}/{name}={phase or 'Deleted'}")
 
 
+def signature(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a reconcile depends on in the resource itself: generation, wake-up annotation, operator-owned status."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    owned = json.dumps(
+        {k: status.get(k) for k in OWNED if status.get(k) not in (None, [], 0)}, sort_keys=True
+    )
+    return (meta.get("generation"), (meta.get("annotations") or {}).get(ANNOTATION_WAKE), owned)
+
+
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     """Register the operator's handlers for `ctx` into `registry`."""
 
@@ -125,16 +137,28 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             with ctx.lock:
                 ctx.phases.pop(key, None)
                 ctx.last_phase.pop(key, None)
+                ctx.written.pop(key, None)
             wake_dependents(ctx, index, ns, kind, name, None)
             return
+        # Wake the dependents when this resource's stored phase changed (the index already holds it).
+        stored = (body.get("status") or {}).get("phase")
+        with ctx.lock:
+            changed = key not in ctx.last_phase or ctx.last_phase[key] != stored
+            ctx.last_phase[key] = stored
+            memo = ctx.written.get(key)
+        if changed:
+            wake_dependents(ctx, index, ns, kind, name, stored)
+        if memo is not None and memo == signature(body):
+            return  # the echo of our own status patch, or a progress update: nothing to reconcile
         started = time.perf_counter()
         try:
-            # kopf delivers on.event bodies as they were streamed, possibly older than our own last status patch:
-            # reconcile the object as stored now.
-            fresh = ctx.kube.get(resource_path(kind, ns, name))
-            if fresh is None:
-                return
-            outcome = reconcile(fresh, _lookup(index, ns), ctx)
+            current: Mapping[str, Any] | None = body
+            if memo is not None and memo[2] != signature(body)[2]:
+                # kopf delivers on.event bodies as streamed, possibly older than our last status patch.
+                current = ctx.kube.get(resource_path(kind, ns, name))
+                if current is None:
+                    return
+            outcome = reconcile(current, _lookup(index, ns), ctx)
         except Exception as e:
             metrics.RECONCILES.labels(kind, "error").inc()
             logger.warning("reconcile failed, retrying in %.0fs: %s", RETRY_SECONDS, e)
@@ -145,19 +169,18 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         finally:
             metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
         metrics.RECONCILES.labels(kind, "success").inc()
+        expected = {**(current.get("status") or {}), **outcome.patch}
+        with ctx.lock:
+            ctx.written[key] = signature(
+                {**current, "status": {k: v for k, v in expected.items() if v is not None}}
+            )
+            ctx.phases[key] = outcome.phase
         if outcome.patch:
             patch.setdefault("status", {}).update(outcome.patch)
         for jn in outcome.created:
             logger.info("created %s", jn)
         if outcome.event is not None:
             post_event(ctx, body, outcome.event)
-        stored = (body.get("status") or {}).get("phase")
-        with ctx.lock:
-            ctx.phases[key] = outcome.phase
-            changed = key not in ctx.last_phase or ctx.last_phase[key] != stored
-            ctx.last_phase[key] = stored
-        if changed:
-            wake_dependents(ctx, index, ns, kind, name, stored)
 
     def follow_job(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         owner = job_owner(body)
@@ -166,7 +189,11 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         ns = namespace or "default"
         state = None if event.get("type") == "DELETED" else job_state(body)
         with ctx.lock:
-            changed = ctx.last_job.get((ns, name), ("never",)) != state
+            before = ctx.last_job.get((ns, name))
+            # A Job first seen without any status is one its owner just created (or found): nothing new to tell.
+            changed = before != state and not (
+                before is None and state is not None and not any(state[1:5]) and not state[5]
+            )
             if state is None:
                 ctx.last_job.pop((ns, name), None)
             else:

@@ -62,7 +62,6 @@ def build_settings(namespaces: Sequence[str]) -> kopf.OperatorSettings:
     settings.posting.level = logging.WARNING  # Events: ours (one per transition) and kopf's warnings only
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
-    settings.batching.batch_window = 0.05
     return settings
 
 

@@ -52,6 +52,7 @@ class Context:
     last_phase: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
     last_job: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     phases: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    written: dict[tuple[str, str, str], tuple[Any, ...]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def phase_counts(self) -> list[tuple[str, str]]:

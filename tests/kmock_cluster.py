@@ -305,7 +305,15 @@ class KmockCluster(Cluster):
     def requests_for(self, method: str, kind: str) -> int:
         """How many `method` requests reached the collection or objects of `kind` (e.g. POST Job)."""
         plural = {"Job": "jobs", "Service": "services"}.get(kind) or KINDS[kind].plural
-        return sum(1 for r in self.emulator.requests if r.method == method and f"/{plural}" in str(r.url))
+
+        def verb(r: Any) -> str:
+            return str(getattr(r.method, "value", r.method)).upper()
+
+        return sum(
+            1
+            for r in list(self.emulator)
+            if verb(r) == method and r.resource is not None and r.resource.plural == plural
+        )
 
     def close(self) -> None:
         super().close()

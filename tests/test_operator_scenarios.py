@@ -1,0 +1,316 @@
+"""Scenarios: the operator in-process against kmock (or a real cluster with FREEATM_E2E_KUBECONFIG).
+
+The tests play the Job controller: they write Job and pod status as it would (tests/kmock_cluster.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from openapi_schema_validator import OAS30Validator
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from kmock_cluster import Cluster, make_cluster, wait_for  # noqa: E402
+
+from freeatm.api.crd import crd_for  # noqa: E402
+
+NS_OUT = "file:///var/freeatm"
+
+
+def sds(name: str, **spec) -> dict:
+    base = {
+        "model": {"uri": "toy://shapes"},
+        "prompts": {"preset": "shapes"},
+        "generation": {"images": 128, "resolution": 32, "shardSize": 64},
+        "attention": {"resolutions": [16]},
+        "workers": 2,
+        "output": {"uri": f"{NS_OUT}/{name}"},
+    }
+    return {"kind": "SyntheticDataset", "metadata": {"name": name}, "spec": {**base, **spec}}
+
+
+def mpj(name: str, dataset: str, **spec) -> dict:
+    base = {
+        "dataset": {"ref": dataset},
+        "training": {"epochs": 1, "batchSize": 16, "imageSize": 32},
+        "output": {"uri": f"{NS_OUT}/{name}"},
+    }
+    return {"kind": "MaskPretrainJob", "metadata": {"name": name}, "spec": {**base, **spec}}
+
+
+def evj(name: str, checkpoints: list[str], **spec) -> dict:
+    base = {
+        "checkpoints": [{"ref": c} for c in checkpoints],
+        "benchmarks": [
+            {"name": "linear-probe", "dataset": {"format": "shapes", "uri": "toy://shapesbench/val"}}
+        ],
+        "output": {"uri": f"{NS_OUT}/{name}"},
+    }
+    return {"kind": "EvalJob", "metadata": {"name": name}, "spec": {**base, **spec}}
+
+
+@pytest.fixture
+def cluster():
+    c = make_cluster()
+    try:
+        c.start_operator()
+        yield c
+    finally:
+        c.close()
+
+
+def phase_of(c: Cluster, kind: str, name: str) -> str | None:
+    return c.status(kind, name).get("phase")
+
+
+def wait_phase(c: Cluster, kind: str, name: str, phase: str, timeout: float = 15) -> dict:
+    wait_for(lambda: phase_of(c, kind, name) == phase, timeout, f"{kind}/{name} {phase}")
+    status = c.status(kind, name)
+    schema = crd_for(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    OAS30Validator(schema).validate(status)
+    return status
+
+
+def condition(status: dict, type_: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def runtime_spec(job: dict) -> dict:
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    return json.loads(next(e["value"] for e in env if e["name"] == "FREEATM_SPEC"))
+
+
+def test_three_stage_chain_runs_in_order_and_hands_outputs_over(cluster):
+    c = cluster
+    c.create(sds("shapes"))
+    c.create(mpj("shapes-freeatm", "shapes"))
+    c.create(
+        evj("shapes-eval", ["shapes-freeatm"], dependsOn=[{"kind": "SyntheticDataset", "name": "shapes"}])
+    )
+
+    wait_for(lambda: c.job("shapes-gen"), what="generation Job")
+    status = wait_phase(c, "MaskPretrainJob", "shapes-freeatm", "Waiting")
+    assert status["waitingFor"] == ["SyntheticDataset/shapes"]
+    assert condition(status, "DependenciesReady")["status"] == "False"
+    assert wait_phase(c, "EvalJob", "shapes-eval", "Waiting")["waitingFor"] == [
+        "MaskPretrainJob/shapes-freeatm",
+        "SyntheticDataset/shapes",
+    ]
+    assert c.job("shapes-freeatm-train") is None and c.job("shapes-eval-eval") is None
+
+    c.job_running("shapes-gen", active=2)
+    wait_phase(c, "SyntheticDataset", "shapes", "Running")
+    c.job_succeeded(
+        "shapes-gen",
+        [{"uri": f"{NS_OUT}/shapes", "manifestDigest": "sha256:feed"}, {"uri": f"{NS_OUT}/shapes"}],
+    )
+    status = wait_phase(c, "SyntheticDataset", "shapes", "Succeeded")
+    assert status["outputs"] == {"uri": f"{NS_OUT}/shapes", "manifestDigest": "sha256:feed"}
+    assert (
+        condition(status, "Ready")["status"] == "True" and condition(status, "Complete")["status"] == "True"
+    )
+
+    train = wait_for(lambda: c.job("shapes-freeatm-train"), what="training Job (event-driven start)")
+    assert runtime_spec(train)["spec"]["dataset"] == {"uri": f"{NS_OUT}/shapes"}
+    assert train["metadata"]["ownerReferences"][0]["kind"] == "MaskPretrainJob"
+    wait_phase(c, "MaskPretrainJob", "shapes-freeatm", "Pending")
+    assert wait_phase(c, "EvalJob", "shapes-eval", "Waiting")["waitingFor"] == [
+        "MaskPretrainJob/shapes-freeatm"
+    ]
+
+    c.job_succeeded(
+        "shapes-freeatm-train",
+        [{"uri": f"{NS_OUT}/shapes-freeatm", "checkpointUri": f"{NS_OUT}/shapes-freeatm/backbone.pt"}],
+    )
+    wait_phase(c, "MaskPretrainJob", "shapes-freeatm", "Succeeded")
+    ev = wait_for(lambda: c.job("shapes-eval-eval"), what="evaluation Job")
+    assert runtime_spec(ev)["spec"]["checkpoints"] == [
+        {"uri": f"{NS_OUT}/shapes-freeatm", "label": "shapes-freeatm"}
+    ]
+
+    rows = [{"checkpoint": "shapes-freeatm", "benchmark": "linear-probe", "metric": "top1", "value": 0.81}]
+    c.job_succeeded(
+        "shapes-eval-eval",
+        [{"uri": f"{NS_OUT}/shapes-eval", "reportUri": f"{NS_OUT}/shapes-eval/report.md", "results": rows}],
+    )
+    status = wait_phase(c, "EvalJob", "shapes-eval", "Succeeded")
+    assert status["outputs"]["results"] == rows
+    reasons = wait_for(
+        lambda: [e["reason"] for e in c.events("shapes-eval")] if len(c.events("shapes-eval")) >= 3 else None
+    )
+    assert reasons == ["WaitingForDependencies", "JobCreated", "Succeeded"]
+
+
+def test_dependency_failure_propagates_unless_the_policy_waits(cluster):
+    c = cluster
+    c.create(sds("data"))
+    c.create(mpj("strict", "data"))
+    c.create(mpj("patient", "data", onDependencyFailure="Wait"))
+    wait_for(lambda: c.job("data-gen"))
+    wait_phase(c, "MaskPretrainJob", "strict", "Waiting")
+    c.job_failed(
+        "data-gen", "BackoffLimitExceeded", failed=4, message="Job has reached the specified backoff limit"
+    )
+    wait_phase(c, "SyntheticDataset", "data", "Failed")
+    status = wait_phase(c, "MaskPretrainJob", "strict", "Failed")
+    assert condition(status, "Stalled")["reason"] == "DependencyFailed"
+    assert "SyntheticDataset/data" in condition(status, "Ready")["message"]
+    status = wait_phase(c, "MaskPretrainJob", "patient", "Waiting")
+    assert "Failed" in condition(status, "DependenciesReady")["message"]
+    assert c.job("strict-train") is None and c.job("patient-train") is None
+
+
+def test_dependency_applied_after_its_dependent(cluster):
+    c = cluster
+    c.create(mpj("early", "late-data"))
+    status = wait_phase(c, "MaskPretrainJob", "early", "Waiting")
+    assert "SyntheticDataset/late-data (not found)" in condition(status, "DependenciesReady")["message"]
+    c.create(sds("late-data"))
+    wait_for(lambda: c.job("late-data-gen"))
+    c.job_succeeded("late-data-gen", [{"uri": f"{NS_OUT}/late-data"}])
+    wait_for(lambda: c.job("early-train"), what="dependent's Job")
+    assert wait_phase(c, "MaskPretrainJob", "early", "Pending")["waitingFor"] == []
+
+
+def test_cycle_is_refused_with_a_message_naming_it(cluster):
+    c = cluster
+    c.create(sds("a", dependsOn=[{"kind": "SyntheticDataset", "name": "b"}]))
+    c.create(sds("b", dependsOn=[{"kind": "SyntheticDataset", "name": "a"}]))
+    for name in ("a", "b"):
+        status = wait_phase(c, "SyntheticDataset", name, "Failed")
+        assert condition(status, "Stalled")["reason"] == "DependencyCycle"
+    msg = condition(c.status("SyntheticDataset", "a"), "Ready")["message"]
+    assert msg == "dependency cycle: SyntheticDataset/a → SyntheticDataset/b → SyntheticDataset/a"
+    assert c.jobs() == []
+    c.patch_spec("SyntheticDataset", "a", {"dependsOn": []})  # break the cycle: a runs, b waits for it
+    wait_for(lambda: c.job("a-gen"), what="a's Job after the cycle is broken")
+    wait_phase(c, "SyntheticDataset", "b", "Waiting")
+
+
+def test_invalid_spec_fails_until_the_spec_changes(cluster):
+    c = cluster
+    bad = sds("bad", prompts={"classes": ["cat"], "templates": ["no slot here"]})
+    c.create(bad)
+    status = wait_phase(c, "SyntheticDataset", "bad", "Failed")
+    stalled = condition(status, "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "InvalidSpec"
+    assert "spec.prompts.templates" in stalled["message"]
+    assert status["observedGeneration"] == 1
+    assert c.jobs() == []
+    c.patch_spec(
+        "SyntheticDataset", "bad", {"prompts": {"classes": ["cat"], "templates": ["a photo of a {}"]}}
+    )
+    wait_for(lambda: c.job("bad-gen"), what="Job after the fix")
+    status = wait_phase(c, "SyntheticDataset", "bad", "Pending")
+    assert status["observedGeneration"] == 2 and condition(status, "Stalled")["status"] == "False"
+
+
+def test_suspend_and_resume(cluster):
+    c = cluster
+    c.create(sds("paused", suspend=True))
+    job = wait_for(lambda: c.job("paused-gen"))
+    assert job["spec"]["suspend"] is True
+    status = wait_phase(c, "SyntheticDataset", "paused", "Suspended")
+    assert condition(status, "Suspended")["status"] == "True"
+    c.patch_spec("SyntheticDataset", "paused", {"suspend": False})
+    wait_for(lambda: c.job("paused-gen")["spec"]["suspend"] is False, what="Job resumed")
+    wait_phase(c, "SyntheticDataset", "paused", "Pending")
+    c.job_running("paused-gen", active=2)
+    wait_phase(c, "SyntheticDataset", "paused", "Running")
+    c.patch_spec("SyntheticDataset", "paused", {"suspend": True})
+    wait_for(lambda: c.job("paused-gen")["spec"]["suspend"] is True, what="Job suspended again")
+    assert len(c.jobs()) == 1
+
+
+def test_deleting_a_resource_deletes_its_workload(cluster):
+    c = cluster
+    doc = mpj("gone", "unused", distributed={"nodes": 2, "gpusPerNode": 0})
+    doc["spec"]["dataset"] = {"uri": f"{NS_OUT}/d"}
+    c.create(doc)
+    wait_for(lambda: c.job("gone-train"))
+    assert c.get("Service", "gone-train")["spec"]["clusterIP"] == "None"
+    c.delete("MaskPretrainJob", "gone")
+    wait_for(
+        lambda: c.job("gone-train") is None and c.get("Service", "gone-train") is None,
+        what="workload deleted",
+    )
+
+
+def test_operator_restart_mid_run_neither_duplicates_nor_loses_work(cluster):
+    c = cluster
+    c.create(sds("steady"))
+    c.create(mpj("after", "steady"))
+    uid = wait_for(lambda: c.job("steady-gen"))["metadata"].get("uid")
+    c.job_running("steady-gen", active=2)
+    wait_phase(c, "SyntheticDataset", "steady", "Running")
+    c.stop_operator()
+    c.job_succeeded("steady-gen", [{"uri": f"{NS_OUT}/steady", "manifestDigest": "sha256:1"}])
+    c.start_operator()
+    assert wait_phase(c, "SyntheticDataset", "steady", "Succeeded")["outputs"]["manifestDigest"] == "sha256:1"
+    wait_for(lambda: c.job("after-train"), what="dependent started after the restart")
+    assert c.job("steady-gen")["metadata"].get("uid") == uid
+    if c.emulated:
+        assert c.requests_for("POST", "Job") == 2  # one per resource, none duplicated
+    c.stop_operator()
+    c.start_operator()  # a second restart with everything in place changes nothing
+    wait_phase(c, "MaskPretrainJob", "after", "Pending")
+    if c.emulated:
+        assert c.requests_for("POST", "Job") == 2
+
+
+def test_retries_exhausted(cluster):
+    c = cluster
+    c.create(sds("flaky", backoffLimit=3))
+    wait_for(lambda: c.job("flaky-gen"))
+    c.job_running("flaky-gen", active=2, failed=2)
+    assert wait_phase(c, "SyntheticDataset", "flaky", "Running")["restarts"] == 2
+    c.job_failed(
+        "flaky-gen", "BackoffLimitExceeded", failed=4, message="Job has reached the specified backoff limit"
+    )
+    status = wait_phase(c, "SyntheticDataset", "flaky", "Failed")
+    assert status["restarts"] == 4 and status["completionTime"]
+    assert condition(status, "Stalled")["reason"] == "BackoffLimitExceeded"
+    assert condition(status, "Failed")["status"] == "True"
+    warnings = wait_for(lambda: [e for e in c.events("flaky") if e["type"] == "Warning"])
+    assert warnings[0]["reason"] == "BackoffLimitExceeded"
+
+
+def test_bad_input_fails_at_once(cluster):
+    c = cluster
+    c.create(sds("wrong"))
+    wait_for(lambda: c.job("wrong-gen"))
+    c.job_failed(
+        "wrong-gen",
+        "PodFailurePolicy",
+        failed=1,
+        message="Container runtime exited with 65",
+        error="model toy://nope: unknown",
+    )
+    status = wait_phase(c, "SyntheticDataset", "wrong", "Failed")
+    assert condition(status, "Stalled")["reason"] == "InvalidInput"
+    assert "model toy://nope: unknown" in condition(status, "Stalled")["message"]
+
+
+def test_pod_evicted_does_not_count_as_a_failure(cluster):
+    c = cluster
+    c.create(sds("evicted", workers=1))
+    job = wait_for(lambda: c.job("evicted-gen"))
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    c.job_running("evicted-gen", active=1)
+    wait_phase(c, "SyntheticDataset", "evicted", "Running")
+    # The kubelet evicts the pod; the Job controller ignores it (podFailurePolicy) and starts a replacement.
+    c.add_pod(
+        "evicted-gen",
+        0,
+        exit_code=137,
+        conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}],
+    )
+    c.job_running("evicted-gen", active=1, failed=0)
+    c.job_succeeded("evicted-gen", [{"uri": f"{NS_OUT}/evicted"}])
+    status = wait_phase(c, "SyntheticDataset", "evicted", "Succeeded")
+    assert status["restarts"] == 0 and status["outputs"]["uri"] == f"{NS_OUT}/evicted"
