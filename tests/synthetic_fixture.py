@@ -16,3 +16,42 @@ def shapes_dataset(
     uri = f"file://{root}"
     write_shapes_dataset(uri, images, shard_size=shard_size, size=size, **kwargs)
     return uri
+
+
+def pretrain_doc(
+    dataset_uri: str,
+    output_uri: str,
+    *,
+    framework: str = "contrastive",
+    use_masks: bool = True,
+    backbone: str | None = None,
+    method: dict | None = None,
+    **training: Any,
+) -> dict[str, Any]:
+    """A small MaskPretrainJob manifest (camelCase training overrides: epochs, batchSize, imageSize, …)."""
+    return {
+        "apiVersion": "freeatm.io/v1alpha1",
+        "kind": "MaskPretrainJob",
+        "metadata": {"name": "test-pretrain"},
+        "spec": {
+            "dataset": {"uri": dataset_uri},
+            "method": {"framework": framework, "useMasks": use_masks, **(method or {})},
+            "backbone": backbone or "vit_tiny",
+            "training": {
+                "epochs": 1,
+                "batchSize": 8,
+                "imageSize": 32,
+                "checkpointEvery": 2,
+                "loaderWorkers": 0,
+                "lr": 1e-3,
+                **training,
+            },
+            "output": {"uri": output_uri},
+        },
+    }
+
+
+def pretrain_job(dataset_uri: str, output_uri: str, **kwargs: Any):  # -> MaskPretrainJob
+    from freeatm.api import parse_resource
+
+    return parse_resource(pretrain_doc(dataset_uri, output_uri, **kwargs))

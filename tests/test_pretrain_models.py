@@ -1,0 +1,125 @@
+"""runtime/pretrain/contrastive.py and mim.py: the losses and the Free-ATM switches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from freeatm.runtime.backbones import create_backbone
+from freeatm.runtime.pretrain.contrastive import ContrastiveModel, mask_pool, nt_xent
+from freeatm.runtime.pretrain.mim import MAEModel, patch_coverage, patchify, sample_mask
+
+torch.set_num_threads(1)
+
+
+def test_nt_xent_prefers_aligned_pairs() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(8, 16)
+    aligned = nt_xent(z, z + 0.01 * torch.randn(8, 16), 0.2)
+    shuffled = nt_xent(z, z[torch.randperm(8)], 0.2)
+    assert aligned < shuffled
+    assert nt_xent(z, torch.randn(8, 16), 1.0) == pytest.approx(math.log(15), rel=0.3)
+
+
+def test_mask_pool_averages_inside_each_object() -> None:
+    features = torch.zeros(1, 2, 4, 4)
+    features[0, 0, :2, :2] = 3.0  # object 1's cells
+    features[0, 1, 2:, 2:] = 5.0  # object 2's cells
+    labels = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    labels[0, :8, :8], labels[0, 8:, 8:] = 1, 2
+    pooled, area = mask_pool(features, labels, objects=3)
+    assert torch.allclose(pooled[0, 0], torch.tensor([3.0, 0.0]))
+    assert torch.allclose(pooled[0, 1], torch.tensor([0.0, 5.0]))
+    assert area[0].tolist() == [4.0, 4.0, 0.0]
+
+
+def _pair(b: int = 4, size: int = 32) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    labels = torch.zeros(b, size, size, dtype=torch.uint8)
+    labels[:, 2:18, 2:18], labels[:, 18:30, 16:30] = 1, 2
+    return {
+        "view1": torch.randn(b, 3, size, size),
+        "view2": torch.randn(b, 3, size, size),
+        "mask1": labels,
+        "mask2": labels.flip(-1),
+    }
+
+
+@pytest.mark.parametrize("backbone", ["vit_tiny", "resnet18"])
+def test_contrastive_switch(backbone: str) -> None:
+    batch = _pair(size=16 if backbone == "resnet18" else 32)
+    torch.manual_seed(0)
+    plain = ContrastiveModel(create_backbone(backbone, batch["view1"].shape[-1]), object_contrast=False)
+    torch.manual_seed(0)
+    guided = ContrastiveModel(create_backbone(backbone, batch["view1"].shape[-1]), object_contrast=True)
+    loss_plain, parts_plain = plain(batch)
+    loss_guided, parts_guided = guided(batch)
+    assert "objectLoss" not in parts_plain and parts_guided["objectLoss"] > 0
+    assert parts_guided["imageLoss"] == pytest.approx(
+        parts_plain["imageLoss"], rel=1e-5
+    )  # same baseline term
+    assert float(loss_guided.detach()) == pytest.approx(
+        parts_guided["imageLoss"] + parts_guided["objectLoss"], rel=1e-5
+    )
+    loss_guided.backward()
+    assert all(p.grad is not None for p in guided.parameters() if p.requires_grad)
+
+
+def test_object_term_without_objects_is_zero_but_differentiable() -> None:
+    batch = _pair()
+    batch["mask1"] = torch.zeros_like(batch["mask1"])
+    model = ContrastiveModel(create_backbone("vit_tiny", 32), object_contrast=True)
+    loss, parts = model(batch)
+    assert parts["objectLoss"] == 0.0
+    loss.backward()
+
+
+def test_guided_masking_masks_objects_first_at_the_same_ratio() -> None:
+    b, n = 64, 16
+    coverage = torch.zeros(b, n)
+    coverage[:, :3] = 1.0  # 3 object patches of 16
+    keep = 4  # 75 % masked
+    g = torch.Generator().manual_seed(0)
+    guided = sample_mask(b, n, coverage, True, g)
+    uniform = sample_mask(b, n, coverage, False, g)
+    for order in (guided, uniform):
+        assert sorted(order[0].tolist()) == list(range(n))  # a permutation: same number masked
+    masked_object_share = lambda order: float((order[:, keep:] < 3).sum()) / (3 * b)  # noqa: E731
+    assert masked_object_share(guided) > 0.99
+    assert masked_object_share(uniform) == pytest.approx(0.75, abs=0.1)
+
+
+def test_patchify_and_coverage() -> None:
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    patches = patchify(images, 16)
+    assert patches.shape == (2, 4, 16 * 16 * 3)
+    assert patches[0, 1, 0] == images[0, 0, 0, 16]
+    labels = torch.zeros(1, 32, 32)
+    labels[0, :16, :8] = 2
+    assert patch_coverage(labels, 16).tolist() == [[0.5, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize(("guided", "weighted"), [(False, False), (True, False), (True, True)])
+def test_mae_switches(guided: bool, weighted: bool) -> None:
+    torch.manual_seed(0)
+    model = MAEModel(create_backbone("vit_tiny", 64), guided_masking=guided, object_weighted_loss=weighted)
+    labels = torch.zeros(4, 64, 64, dtype=torch.uint8)
+    labels[:, :16, :32] = 1  # 2 of 16 patches
+    batch = {"image": torch.randn(4, 3, 64, 64), "mask": labels}
+    model.generator = torch.Generator().manual_seed(0)
+    loss, parts = model(batch)
+    assert loss > 0 and math.isfinite(float(loss))
+    if guided:
+        assert parts["maskedObjectShare"] == 1.0
+    loss.backward()
+    assert model.backbone.body.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_mae_without_masks_is_plain_mae() -> None:
+    model = MAEModel(create_backbone("vit_tiny", 32))
+    loss, parts = model({"image": torch.randn(2, 3, 32, 32)})
+    assert set(parts) == {"reconstructionLoss"}
+    with pytest.raises(ValueError, match="ViT"):
+        MAEModel(create_backbone("resnet18", 32))
