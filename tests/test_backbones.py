@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from freeatm.runtime.backbones import BACKBONES, create_backbone, load_export, save_export
 from freeatm.runtime.errors import InvalidInput
 
