@@ -520,3 +520,21 @@ def test_pod_monitor_selects_the_pods_the_operator_renders(rendered):
     assert pm["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     ports = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] in ports
+
+
+def test_kubernetes_validate_cli_strict_1_29(rendered, tmp_path):
+    """The same check as the command line: `kubernetes-validate --strict -k 1.29` on the rendered manifests."""
+    import shutil
+    import subprocess
+    import sys
+
+    cli = shutil.which("kubernetes-validate") or str(Path(sys.executable).with_name("kubernetes-validate"))
+    files = []
+    for scenario in ("default", "namespaced", "cluster-full"):
+        path = tmp_path / f"{scenario}.yaml"
+        path.write_text(rendered[scenario]["manifest"])
+        files.append(str(path))
+    proc = subprocess.run([cli, "--strict", "-k", "1.29", "--quiet", *files], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ERROR" not in proc.stdout and "INVALID" not in proc.stdout.upper(), proc.stdout
