@@ -45,7 +45,7 @@ if [ -z "$PROMTOOL" ]; then
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  [ "${REMOVE_POLICY:-0}" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  if [ "${REMOVE_POLICY:-0}" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
   PROMTOOL="$(command -v promtool)"
 fi
 "$PROMTOOL" --version 2>&1 | head -1

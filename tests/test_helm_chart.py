@@ -63,6 +63,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "dashboards": {"enabled": False},
     },
     "crds-not-kept": {"crds": {"keep": False}},
+    "typo": {"watchNamespace": ["a"]},
+    "bad-namespace": {"watchNamespaces": ["Not_A_Namespace"]},
     "servicemonitor-without-service": {
         "metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}
     },
@@ -81,6 +83,7 @@ SCENARIOS["flux-example"] = next(
     for d in yaml.safe_load_all((_GITOPS / "flux-kustomization.yaml").read_text())
     if d["kind"] == "HelmRelease"
 )
+FAILING = ("servicemonitor-without-service", "typo", "bad-namespace")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +118,7 @@ def test_lint_passes_without_warnings(rendered):
     assert not lint["result"]["Errors"]
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "servicemonitor-without-service"])
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in FAILING])
 def test_install_into_kmock_creates_every_rendered_object(rendered, scenario):
     result = rendered[scenario]
     assert result["ok"], result.get("error")
@@ -125,7 +128,7 @@ def test_install_into_kmock_creates_every_rendered_object(rendered, scenario):
     assert len(result["objects"]) == len(result["docs"])
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "servicemonitor-without-service"])
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in FAILING])
 def test_every_rendered_manifest_passes_strict_schema_validation(rendered, scenario):
     """kubernetes-validate --strict -k 1.29 for built-in kinds (CRDs included); Prometheus Operator kinds have no
     bundled schema there and get a structural check instead."""
@@ -159,6 +162,16 @@ def check_monitoring(doc: dict[str, Any]) -> None:
         endpoints = spec.get("endpoints") or spec.get("podMetricsEndpoints")
         assert endpoints and all(e["path"] == "/metrics" and isinstance(e["port"], str) for e in endpoints)
         assert spec["selector"]["matchLabels"]
+
+
+def test_values_schema_rejects_unknown_keys_and_bad_namespaces(rendered):
+    assert not rendered["typo"]["ok"]
+    assert "watchNamespace" in rendered["typo"]["error"]
+    assert not rendered["bad-namespace"]["ok"]
+    assert (
+        "Not_A_Namespace" in rendered["bad-namespace"]["error"]
+        or "pattern" in rendered["bad-namespace"]["error"]
+    )
 
 
 def test_misconfiguration_fails_with_a_message(rendered):
