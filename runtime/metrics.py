@@ -25,6 +25,12 @@ TRAIN_THROUGHPUT = Gauge(
 )
 EVAL_BENCHMARKS_DONE = Counter("freeatm_runtime_eval_benchmarks", "Benchmarks finished")
 EVAL_SCORE = Gauge("freeatm_runtime_eval_score", "Evaluation score", ["checkpoint", "benchmark", "metric"])
+EVAL_SECONDS = Histogram(
+    "freeatm_runtime_eval_benchmark_seconds",
+    "Wall-clock seconds of one benchmark on one checkpoint",
+    ["protocol"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+)
 PROGRESS_RATIO = Gauge("freeatm_runtime_progress_ratio", "Share of the workload done (0–1)")
 
 

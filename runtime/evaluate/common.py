@@ -1,0 +1,186 @@
+"""What every protocol shares: the loaded checkpoint, the benchmark's settings, image preprocessing, features."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..backbones import Backbone, load_export
+from ..errors import InvalidInput
+from .datasets import IGNORE, Sample, Split
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Checkpoint:
+    """A backbone to evaluate, with what identifies it for resuming."""
+
+    label: str
+    uri: str
+    backbone: Backbone
+    metadata: dict[str, Any]
+    fingerprint: str
+    """sha256 over the URI, the metadata and the weights: a changed checkpoint re-runs its benchmarks."""
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.metadata.get("mean", IMAGENET_MEAN))
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.metadata.get("std", IMAGENET_STD))
+
+    def describe(self) -> str:
+        """One line for the report: backbone, method, fixes."""
+        meta = self.metadata
+        fixes = [k for k, v in (meta.get("fixes") or {}).items() if v]
+        parts = [
+            f"{meta.get('backbone', '?')} @ {meta.get('imageSize', '?')} px",
+            str(meta.get("framework", "?")),
+        ]
+        parts.append("masks: " + (", ".join(fixes) if fixes else ("on" if meta.get("useMasks") else "off")))
+        return "; ".join(parts)
+
+
+def load_checkpoint(label: str, uri: str) -> Checkpoint:
+    """Build the backbone of `uri` (a MaskPretrainJob output or random://NAME); InvalidInput names what is wrong."""
+    try:
+        backbone, metadata = load_export(uri)
+    except InvalidInput as e:
+        raise InvalidInput(f"checkpoint {label}: {e}") from e
+    backbone.eval().requires_grad_(False)
+    digest = hashlib.sha256(uri.encode())
+    digest.update(json.dumps(metadata, sort_keys=True, default=str).encode())
+    if not uri.startswith("random://"):  # random weights are random: identify them by the recipe only
+        for name, tensor in sorted(backbone.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return Checkpoint(label, uri, backbone, metadata, digest.hexdigest())
+
+
+@dataclass
+class Settings:
+    """A benchmark's protocol parameters with the defaults filled in."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    image_size: int
+    k: int
+    finetune: bool
+    seed: int = 0
+
+
+def preprocess(image: np.ndarray, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """uint8 H x W x 3 -> float [3, size, size], resized (bilinear, antialiased) and normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    if x.shape[1:] != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    m = torch.tensor(mean, dtype=x.dtype)[:, None, None]
+    s = torch.tensor(std, dtype=x.dtype)[:, None, None]
+    return (x - m) / s
+
+
+def resize_mask(mask: np.ndarray, size: int) -> Tensor:
+    """H x W class indices -> [size, size] int64 (nearest neighbour; IGNORE stays IGNORE)."""
+    m = torch.from_numpy(np.ascontiguousarray(mask)).long()
+    if m.shape != (size, size):
+        m = F.interpolate(m[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+    return m
+
+
+def image_batches(
+    samples: list[Sample], size: int, ckpt: Checkpoint, batch_size: int
+) -> Iterator[tuple[list[Sample], Tensor]]:
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        yield chunk, torch.stack([preprocess(s.load_image(), size, ckpt.mean, ckpt.std) for s in chunk])
+
+
+def load_masks(samples: list[Sample], size: int, where: str) -> Tensor:
+    masks = []
+    for s in samples:
+        if s.load_mask is None:
+            raise InvalidInput(f"{where}: image {s.id} has no label map")
+        mask = s.load_mask()
+        image = s.load_image()
+        if mask.shape != image.shape[:2]:
+            raise InvalidInput(
+                f"{where}: label map of image {s.id} is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        masks.append(resize_mask(mask, size))
+    return torch.stack(masks)
+
+
+# Frozen features of the last few (checkpoint, split, size) combinations: kNN, the linear probe and retrieval on
+# the same data share one forward pass over it.
+_CACHE: OrderedDict[tuple[str, ...], Tensor] = OrderedDict()
+_CACHE_ENTRIES = 4
+
+
+def _cached(
+    kind: str, ckpt: Checkpoint, split: Split, settings: Settings, compute: Callable[[], Tensor]
+) -> Tensor:
+    ids = hashlib.sha256("\0".join(s.id for s in split.samples).encode()).hexdigest()
+    key = (kind, ckpt.fingerprint, split.where, split.name, ids, str(settings.image_size))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    value = compute()
+    _CACHE[key] = value
+    while len(_CACHE) > _CACHE_ENTRIES:
+        _CACHE.popitem(last=False)
+    return value
+
+
+def clear_feature_cache() -> None:
+    _CACHE.clear()
+
+
+@torch.no_grad()
+def _features(ckpt: Checkpoint, split: Split, settings: Settings, dense: bool) -> Tensor:
+    forward = ckpt.backbone.forward_features if dense else ckpt.backbone
+    feats = [
+        forward(x) for _, x in image_batches(split.samples, settings.image_size, ckpt, settings.batch_size)
+    ]
+    return torch.cat(feats).float()
+
+
+def pooled_features(ckpt: Checkpoint, split: Split, settings: Settings) -> Tensor:
+    """[N, C] global features of the frozen backbone."""
+    return _cached("pooled", ckpt, split, settings, lambda: _features(ckpt, split, settings, dense=False))
+
+
+def dense_features(ckpt: Checkpoint, split: Split, settings: Settings) -> Tensor:
+    """[N, C, h, w] dense features of the frozen backbone."""
+    return _cached("dense", ckpt, split, settings, lambda: _features(ckpt, split, settings, dense=True))
+
+
+def labels_of(split: Split) -> Tensor:
+    return torch.tensor([s.label for s in split.samples], dtype=torch.long)
+
+
+__all__ = [
+    "IGNORE",
+    "Checkpoint",
+    "Settings",
+    "dense_features",
+    "image_batches",
+    "labels_of",
+    "load_checkpoint",
+    "load_masks",
+    "pooled_features",
+    "preprocess",
+]

@@ -1,0 +1,230 @@
+"""Run an EvalJob: every benchmark on every checkpoint, resumable, then the report.
+
+Read top to bottom: load every checkpoint (bad ones fail before any work), open the datasets of the benchmarks
+that still have work (bad data fails before any training), run each (checkpoint, benchmark) pair whose result
+file is missing or stale, write its result file at once (a restarted pod skips it), then write the report.
+
+Output layout::
+
+    <output>/runs/<checkpoint>/<benchmark>.json   one run: digest, scores, settings, seconds
+    <output>/results.json                         every checkpoint, benchmark and score
+    <output>/report.md, <output>/plots/scores.png
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import torch
+
+from freeatm.api import EvalJob
+from freeatm.api.eval_job import Benchmark
+
+from ..errors import InvalidInput
+from ..metrics import EVAL_BENCHMARKS_DONE, EVAL_SCORE, EVAL_SECONDS
+from ..progress import reporter
+from ..storage import MissingKey, Store, open_store
+from .classification import run_knn, run_linear_probe
+from .common import Checkpoint, Settings, load_checkpoint
+from .datasets import SHAPES_SEEDS, Split, Task, check_same_classes, open_split
+from .detection import run_detection
+from .report import write_report
+from .retrieval import run_retrieval
+from .segmentation import run_semseg
+
+log = logging.getLogger("freeatm.evaluate")
+
+EVAL_VERSION = 1  # bump when a protocol changes so that old result files are recomputed
+
+Protocol = Callable[[Checkpoint, Split, Split, Settings], dict[str, float]]
+PROTOCOLS: dict[str, tuple[Task, Protocol]] = {
+    "linear-probe": ("classification", run_linear_probe),
+    "knn": ("classification", run_knn),
+    "semseg": ("segmentation", run_semseg),
+    "detection": ("detection", run_detection),
+    "retrieval": ("retrieval", run_retrieval),
+}
+# (epochs, lr) when the benchmark leaves them unset: fast on CPU at toy sizes, sensible beyond.
+DEFAULTS: dict[str, tuple[int, float]] = {
+    "linear-probe": (100, 1e-2),
+    "knn": (1, 0.0),
+    "semseg": (30, 1e-2),
+    "detection": (12, 2e-2),
+    "retrieval": (40, 3e-3),
+}
+
+
+def settings_for(bench: Benchmark, ckpt: Checkpoint) -> Settings:
+    epochs, lr = DEFAULTS[bench.name]
+    size = bench.image_size or int(ckpt.metadata.get("imageSize") or ckpt.backbone.image_size)
+    return Settings(
+        epochs=bench.epochs or epochs,
+        lr=bench.lr or lr,
+        batch_size=bench.batch_size,
+        image_size=size,
+        k=bench.k,
+        finetune=bench.finetune,
+    )
+
+
+def splits_of(bench: Benchmark) -> tuple[str, str]:
+    """(train split, scored split). toy://shapesbench/<split> names the scored split in its path."""
+    ds = bench.dataset
+    if ds.format == "shapes":
+        path = urlsplit(ds.uri).path.strip("/")
+        if path and path in SHAPES_SEEDS and ds.val_split == "val":
+            return ds.train_split, path
+    return ds.train_split, ds.val_split
+
+
+def slug(text: str) -> str:
+    """A file-name-safe, collision-free form of a label."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:48] or "x"
+    return clean if clean == text else f"{clean}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def run_digest(ckpt: Checkpoint, bench: Benchmark) -> str:
+    doc = {"version": EVAL_VERSION, "checkpoint": ckpt.fingerprint, "benchmark": bench.to_wire()}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def run_key(ckpt: Checkpoint, bench: Benchmark) -> str:
+    return f"runs/{slug(ckpt.label)}/{bench.key()}.json"
+
+
+def finished_run(store: Store, key: str, digest: str) -> dict[str, Any] | None:
+    """The stored run under `key` when it was computed for `digest`."""
+    try:
+        doc = json.loads(store.read_bytes(key))
+    except (MissingKey, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return (
+        doc
+        if isinstance(doc, dict) and doc.get("digest") == digest and isinstance(doc.get("scores"), dict)
+        else None
+    )
+
+
+def open_benchmark(bench: Benchmark) -> tuple[Split, Split]:
+    task = PROTOCOLS[bench.name][0]
+    train_name, val_name = splits_of(bench)
+    ds = bench.dataset
+    train = open_split(ds.format, ds.uri, train_name, task, bench.max_images)
+    val = open_split(ds.format, ds.uri, val_name, task, bench.max_images)
+    if task != "retrieval":
+        check_same_classes(train, val)
+    return train, val
+
+
+def run(resource: EvalJob) -> dict[str, Any]:
+    spec = resource.spec
+    store = open_store(spec.output.uri)
+    checkpoints = []
+    for source in spec.checkpoints:
+        if source.uri is None:
+            raise InvalidInput(f"checkpoint {source.name()}: ref {source.ref!r} was not resolved to a URI")
+        checkpoints.append(load_checkpoint(source.name(), source.uri))
+
+    pending = {
+        bench.key(): [
+            c for c in checkpoints if not finished_run(store, run_key(c, bench), run_digest(c, bench))
+        ]
+        for bench in spec.benchmarks
+    }
+    data = {bench.key(): open_benchmark(bench) for bench in spec.benchmarks if pending[bench.key()]}
+
+    total = len(checkpoints) * len(spec.benchmarks)
+    progress = reporter(total, "benchmarks")
+    done = total - sum(len(p) for p in pending.values())
+    progress.update(
+        done,
+        force=True,
+        benchmarksDone=done,
+        message=f"{done} of {total} already done" if done else "starting",
+    )
+    runs: list[dict[str, Any]] = []
+    for bench in spec.benchmarks:
+        for ckpt in checkpoints:
+            key, digest = run_key(ckpt, bench), run_digest(ckpt, bench)
+            if ckpt not in pending[bench.key()]:
+                result = finished_run(store, key, digest)
+                assert result is not None
+                log.info("%s on %s: done before, skipped", bench.key(), ckpt.label)
+            else:
+                progress.update(
+                    done, force=True, benchmarksDone=done, message=f"{bench.key()} on {ckpt.label}"
+                )
+                result = _run_one(ckpt, bench, *data[bench.key()], digest)
+                store.write_bytes(key, json.dumps(result, indent=2).encode())
+                done += 1
+                EVAL_BENCHMARKS_DONE.inc()
+                progress.update(done, benchmarksDone=done, message=f"{bench.key()} on {ckpt.label} done")
+            for metric, value in result["scores"].items():
+                EVAL_SCORE.labels(checkpoint=ckpt.label, benchmark=bench.key(), metric=metric).set(value)
+            runs.append(result)
+
+    rows = [
+        {"checkpoint": r["checkpoint"], "benchmark": r["benchmark"], "metric": m, "value": round(float(v), 6)}
+        for r in runs
+        for m, v in r["scores"].items()
+    ]
+    ckpt_docs = [
+        {"label": c.label, "uri": c.uri, "description": c.describe(), "metadata": c.metadata}
+        for c in checkpoints
+    ]
+    bench_docs = []
+    for bench in spec.benchmarks:
+        first = next(r for r in runs if r["benchmark"] == bench.key())
+        bench_docs.append(
+            {
+                "id": bench.key(),
+                "protocol": bench.name,
+                "format": bench.dataset.format,
+                "uri": bench.dataset.uri,
+                "settings": first["settings"],
+                "trainImages": first["trainImages"],
+                "valImages": first["valImages"],
+            }
+        )
+    report_uri = write_report(store, resource.metadata.name, ckpt_docs, bench_docs, rows, runs)
+    progress.update(total, force=True, benchmarksDone=total, message="report written")
+    return {"uri": spec.output.uri, "reportUri": report_uri, "results": rows}
+
+
+def _run_one(ckpt: Checkpoint, bench: Benchmark, train: Split, val: Split, digest: str) -> dict[str, Any]:
+    settings = settings_for(bench, ckpt)
+    log.info(
+        "%s on %s: %d train / %d val images, %s", bench.key(), ckpt.label, len(train), len(val), settings
+    )
+    torch.manual_seed(settings.seed)
+    start = time.monotonic()
+    scores = PROTOCOLS[bench.name][1](ckpt, train, val, settings)
+    seconds = time.monotonic() - start
+    EVAL_SECONDS.labels(protocol=bench.name).observe(seconds)
+    log.info("%s on %s: %s (%.1f s)", bench.key(), ckpt.label, scores, seconds)
+    return {
+        "checkpoint": ckpt.label,
+        "checkpointUri": ckpt.uri,
+        "benchmark": bench.key(),
+        "protocol": bench.name,
+        "digest": digest,
+        "scores": {k: float(v) for k, v in scores.items()},
+        "settings": {
+            "epochs": settings.epochs,
+            "lr": settings.lr,
+            "batchSize": settings.batch_size,
+            "imageSize": settings.image_size,
+            "k": settings.k,
+            "finetune": settings.finetune,
+        },
+        "trainImages": len(train),
+        "valImages": len(val),
+        "seconds": round(seconds, 2),
+    }
