@@ -6,6 +6,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,8 +38,14 @@ def scrape(port: int) -> bytes:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def samples() -> None:
+def samples() -> Iterator[None]:
+    """Samples of every metric (label value "x", never a real kind); the scrape-time source is restored after."""
+    from freeatm.operator import metrics
+
+    source = metrics.RESOURCES.source
     touch_all()
+    yield
+    metrics.RESOURCES.source = source
 
 
 @pytest.mark.parametrize("component", ["operator", "runtime"])
