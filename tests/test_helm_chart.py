@@ -235,7 +235,7 @@ def test_watch_namespaces_gives_roles_in_each_and_no_cluster_role(rendered):
     assert sas == {("freeatm", "freeatm"), ("a", "freeatm-runtime"), ("b", "freeatm-runtime")}
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["freeatm", "operator"]
-    assert container["args"] == ["--namespace=a", "--namespace=b"]
+    assert [a for a in container["args"] if a.startswith("--namespace")] == ["--namespace=a", "--namespace=b"]
 
 
 def test_all_namespaces_gives_one_cluster_role_for_the_operator(rendered):
@@ -246,7 +246,9 @@ def test_all_namespaces_gives_one_cluster_role_for_the_operator(rendered):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "freeatm", "namespace": "freeatm"}]
     assert [r["metadata"]["name"] for r in by_kind(docs, "Role")] == ["freeatm-runtime"]
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert "args" not in container  # `freeatm operator` without --namespace watches the whole cluster
+    assert not [
+        a for a in container["args"] if a.startswith("--namespace")
+    ]  # no --namespace: the whole cluster
 
 
 def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -380,7 +382,7 @@ def test_operator_image_and_scheduling_values_reach_the_pod(rendered):
     assert spec["priorityClassName"] == "system-cluster-critical"
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["metadata"]["annotations"]["a"] == "b"
-    assert spec["containers"][0]["args"] == ["--verbose"]
+    assert spec["containers"][0]["args"][-1] == "--verbose"
 
 
 # --- metrics, monitors, network policies ------------------------------------------------------------------
@@ -551,3 +553,24 @@ def test_kubernetes_validate_cli_strict_1_29(rendered, tmp_path):
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ERROR" not in proc.stdout and "INVALID" not in proc.stdout.upper(), proc.stdout
+
+
+@pytest.mark.parametrize("scenario", ["default", "namespaced"])
+def test_the_operator_cli_accepts_the_deployments_command(rendered, scenario, monkeypatch):
+    """`freeatm operator` + the rendered args parse with the real CLI and reach run_operator as the chart means."""
+    from typer.testing import CliRunner
+
+    import freeatm.operator.main
+    from freeatm.cli.main import app
+
+    calls = []
+    monkeypatch.setattr(freeatm.operator.main, "run_operator", lambda *a, **k: calls.append((a, k)))
+    container = one(docs_of(rendered, scenario), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][0] == "freeatm"
+    result = CliRunner().invoke(app, [*container["command"][1:], *container["args"]])
+    assert result.exit_code == 0, result.output
+    ((namespaces, metrics_port, liveness_port), kwargs) = calls[0]
+    assert list(namespaces) == (["a", "b"] if scenario == "namespaced" else [])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (metrics_port, liveness_port) == (ports["metrics"], ports["health"])
+    assert kwargs.get("log_level") == "INFO"
