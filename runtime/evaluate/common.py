@@ -35,11 +35,12 @@ class Checkpoint:
 
     @property
     def mean(self) -> tuple[float, ...]:
-        return tuple(self.metadata.get("mean", IMAGENET_MEAN))
+        """The input normalisation the backbone was trained with (metadata.normalize), ImageNet's by default."""
+        return tuple((self.metadata.get("normalize") or {}).get("mean", IMAGENET_MEAN))
 
     @property
     def std(self) -> tuple[float, ...]:
-        return tuple(self.metadata.get("std", IMAGENET_STD))
+        return tuple((self.metadata.get("normalize") or {}).get("std", IMAGENET_STD))
 
     def describe(self) -> str:
         """One line for the report: backbone, method, fixes."""
@@ -84,7 +85,7 @@ class Settings:
 
 def preprocess(image: np.ndarray, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """uint8 H x W x 3 -> float [3, size, size], resized (bilinear, antialiased) and normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
     if x.shape[1:] != (size, size):
         x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     m = torch.tensor(mean, dtype=x.dtype)[:, None, None]
