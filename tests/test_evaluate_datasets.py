@@ -179,3 +179,29 @@ def test_missing_root_and_corrupt_image(tmp_path: Path) -> None:
     sample = next(s for s in split.samples if s.id.endswith(bad.name) and bad.parent.name in s.id)
     with pytest.raises(InvalidInput, match=rf"{bad.name}: corrupt or unreadable image"):
         sample.load_image()
+
+
+def test_voc_from_s3_is_synced_to_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FREEATM_CACHE_DIR": str(tmp_path / "cache"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    root = fx.make_voc(tmp_path / "voc", per_split=3)
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="bench")
+        for path in root.rglob("*"):
+            if path.is_file():
+                s3.upload_file(str(path), "bench", f"data/voc/{path.relative_to(root)}")
+        split = open_split("voc", "s3://bench/data/voc", "val", "segmentation")
+        assert len(split) == 3 and str(tmp_path / "cache") in split.where
+        assert split.samples[0].load_mask().shape == (48, 48)  # type: ignore[misc]
+        with pytest.raises(InvalidInput, match=r"s3://bench/data/nothing is empty or does not exist"):
+            open_split("voc", "s3://bench/data/nothing", "val", "segmentation")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ class Checkpoint:
     metadata: dict[str, Any]
     fingerprint: str
     """sha256 over the URI, the metadata and the weights: a changed checkpoint re-runs its benchmarks."""
+    device: torch.device = torch.device("cpu")
+    """Where the backbone runs."""
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -54,6 +57,11 @@ class Checkpoint:
         return "; ".join(parts)
 
 
+def pick_device() -> torch.device:
+    """FREEATM_DEVICE when set, else the first GPU when there is one, else the CPU."""
+    return torch.device(os.environ.get("FREEATM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def load_checkpoint(label: str, uri: str) -> Checkpoint:
     """Build the backbone of `uri` (a MaskPretrainJob output or random://NAME); InvalidInput names what is wrong."""
     try:
@@ -67,7 +75,8 @@ def load_checkpoint(label: str, uri: str) -> Checkpoint:
         for name, tensor in sorted(backbone.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return Checkpoint(label, uri, backbone, metadata, digest.hexdigest())
+    device = pick_device()
+    return Checkpoint(label, uri, backbone.to(device), metadata, digest.hexdigest(), device)
 
 
 @dataclass
@@ -106,7 +115,8 @@ def image_batches(
 ) -> Iterator[tuple[list[Sample], Tensor]]:
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        yield chunk, torch.stack([preprocess(s.load_image(), size, ckpt.mean, ckpt.std) for s in chunk])
+        x = torch.stack([preprocess(s.load_image(), size, ckpt.mean, ckpt.std) for s in chunk])
+        yield chunk, x.to(ckpt.device, non_blocking=True)
 
 
 def load_masks(samples: list[Sample], size: int, where: str) -> Tensor:
@@ -156,7 +166,7 @@ def _features(ckpt: Checkpoint, split: Split, settings: Settings, dense: bool) -
     feats = [
         forward(x) for _, x in image_batches(split.samples, settings.image_size, ckpt, settings.batch_size)
     ]
-    return torch.cat(feats).float()
+    return torch.cat(feats).float().cpu()
 
 
 def pooled_features(ckpt: Checkpoint, split: Split, settings: Settings) -> Tensor:

@@ -130,17 +130,19 @@ class _Prepared:
         self.dense: Tensor | None = None
 
     def cache_dense(self, model: nn.Module, batch_size: int) -> None:
+        device = next(model.parameters()).device
         chunks = []
         for start in range(0, len(self.images), batch_size):
-            images, _ = model.transform(self.images[start : start + batch_size])
+            images, _ = model.transform([x.to(device) for x in self.images[start : start + batch_size]])
             chunks.append(model.backbone.dense(images.tensors))
         self.dense = torch.cat(chunks)
 
 
 def _forward(model: nn.Module, data: _Prepared, idx: list[int]) -> Any:
     """GeneralizedRCNN.forward, with the frozen backbone's features taken from the cache when there is one."""
-    targets = [data.targets[i] for i in idx] if model.training else None
-    images, targets = model.transform([data.images[i] for i in idx], targets)
+    device = next(model.parameters()).device
+    targets = [{k: v.to(device) for k, v in data.targets[i].items()} for i in idx] if model.training else None
+    images, targets = model.transform([data.images[i].to(device) for i in idx], targets)
     if data.dense is not None:
         features = model.backbone.head(data.dense[idx])
     else:
@@ -152,7 +154,7 @@ def _forward(model: nn.Module, data: _Prepared, idx: list[int]) -> Any:
 
 def train_detector(ckpt: Checkpoint, train: Split, settings: Settings) -> nn.Module:
     torch.manual_seed(settings.seed)
-    model = build_detector(ckpt, len(train.classes), settings)
+    model = build_detector(ckpt, len(train.classes), settings).to(ckpt.device)
     data = _Prepared(train, settings.image_size, with_targets=True)
     if not settings.finetune:
         data.cache_dense(model, settings.batch_size)
@@ -239,6 +241,7 @@ def predict(model: nn.Module, split: Split, settings: Settings) -> list[dict[str
     for idx in torch.arange(len(split)).split(settings.batch_size):
         for i, pred in zip(idx.tolist(), _forward(model, data, idx.tolist()), strict=True):
             sx, sy = data.scales[i]
+            pred = {k: v.cpu() for k, v in pred.items()}
             pred["boxes"] = pred["boxes"] / torch.tensor([sx, sy, sx, sy])
             out.append(pred)
     return out

@@ -42,13 +42,15 @@ def train_frozen(ckpt: Checkpoint, train: Split, settings: Settings) -> Head:
     feats = dense_features(ckpt, train, settings)
     masks = load_masks(train.samples, settings.image_size, train.where)
     torch.manual_seed(settings.seed)
-    head = Head(feats.shape[1], len(train.classes))
+    dev = ckpt.device
+    head = Head(feats.shape[1], len(train.classes)).to(dev)
     opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=1e-4)
     sched = _schedule(opt, settings.epochs, len(feats), settings.batch_size)
     head.train()
     for _ in range(settings.epochs):
         for idx in torch.randperm(len(feats)).split(settings.batch_size):
-            loss = F.cross_entropy(head(feats[idx], settings.image_size), masks[idx], ignore_index=IGNORE)
+            logits = head(feats[idx].to(dev), settings.image_size)
+            loss = F.cross_entropy(logits, masks[idx].to(dev), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -60,7 +62,7 @@ def train_finetuned(ckpt: Checkpoint, train: Split, settings: Settings) -> tuple
     """Train a copy of the backbone (lr / 10) with the head; the checkpoint's own backbone stays untouched."""
     torch.manual_seed(settings.seed)
     backbone = copy.deepcopy(ckpt.backbone).requires_grad_(True).train()
-    head = Head(backbone.feature_dim, len(train.classes))
+    head = Head(backbone.feature_dim, len(train.classes)).to(ckpt.device)
     opt = torch.optim.AdamW(
         [{"params": head.parameters()}, {"params": backbone.parameters(), "lr": settings.lr / 10}],
         lr=settings.lr,
@@ -73,7 +75,7 @@ def train_finetuned(ckpt: Checkpoint, train: Split, settings: Settings) -> tuple
         samples = [train.samples[i] for i in order]
         offset = 0
         for chunk, x in image_batches(samples, settings.image_size, ckpt, settings.batch_size):
-            target = masks[order[offset : offset + len(chunk)]]
+            target = masks[order[offset : offset + len(chunk)]].to(ckpt.device)
             offset += len(chunk)
             loss = F.cross_entropy(
                 head(backbone.forward_features(x), settings.image_size), target, ignore_index=IGNORE
@@ -89,7 +91,7 @@ def train_finetuned(ckpt: Checkpoint, train: Split, settings: Settings) -> tuple
 def predict(backbone: nn.Module, head: Head, ckpt: Checkpoint, split: Split, settings: Settings) -> Tensor:
     """[N, size, size] predicted class indices."""
     preds = [
-        head(backbone.forward_features(x), settings.image_size).argmax(1)  # type: ignore[operator]
+        head(backbone.forward_features(x), settings.image_size).argmax(1).cpu()  # type: ignore[operator]
         for _, x in image_batches(split.samples, settings.image_size, ckpt, settings.batch_size)
     ]
     return torch.cat(preds)
