@@ -257,6 +257,13 @@ def _emulator_class() -> type:
         """kmock plus what the API server does on every write: a new resourceVersion; generation on spec changes."""
 
         async def _handle(self, request: Any) -> Any:
+            # kmock logs every request and matches each new one against the whole log (quadratic): keep it
+            # short, and keep our own light log of writes instead.
+            del self._requests[:-16]
+            if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.DELETE):
+                self.writes.append(
+                    (str(getattr(request.method, "value", request.method)).upper(), request.resource.plural)
+                )
             writes = (kmock.action.CREATE, kmock.action.UPDATE)
             if request.resource is not None and isinstance(request.data, dict) and request.action in writes:
                 meta = request.data.setdefault("metadata", {})
@@ -266,6 +273,14 @@ def _emulator_class() -> type:
                     stored = self.objects[key]
                     if not stored.deleted:
                         meta["generation"] = int((stored.get("metadata") or {}).get("generation") or 1) + 1
+            if (
+                request.resource is not None
+                and request.action == kmock.action.CREATE
+                and isinstance(request.data, dict)
+            ):
+                self.created_at[(request.resource.plural, request.data.get("metadata", {}).get("name"))] = (
+                    time.monotonic()
+                )
             return await super()._handle(request)
 
     return Emulator
@@ -279,6 +294,8 @@ class KmockCluster(Cluster):
 
         self._loop = _LoopThread("kmock")
         self.emulator = _emulator_class()()
+        self.emulator.created_at = {}  # (plural, name) → time.monotonic() of its creation request
+        self.emulator.writes = []  # (method, plural) of every create and delete
         self.emulator.resources.load_bundled()
         for kind, info in KINDS.items():
             self.emulator.resources[f"{API_VERSION}/{info.plural}"] = kmock.ResourceInfo(
@@ -306,14 +323,7 @@ class KmockCluster(Cluster):
         """How many `method` requests reached the collection or objects of `kind` (e.g. POST Job)."""
         plural = {"Job": "jobs", "Service": "services"}.get(kind) or KINDS[kind].plural
 
-        def verb(r: Any) -> str:
-            return str(getattr(r.method, "value", r.method)).upper()
-
-        return sum(
-            1
-            for r in list(self.emulator)
-            if verb(r) == method and r.resource is not None and r.resource.plural == plural
-        )
+        return sum(1 for m, p in self.emulator.writes if m == method and p == plural)
 
     def close(self) -> None:
         super().close()
