@@ -204,28 +204,35 @@ def run_cli(tmp_path: Path, doc: dict[str, Any]) -> subprocess.CompletedProcess[
     )
 
 
-@pytest.mark.parametrize(
-    ("fmt", "protocols"),
-    [("voc", ("semseg", "detection")), ("coco", ("detection", "retrieval"))],
-)
-def test_layout_end_to_end_through_freeatm_runtime(
-    tmp_path: Path, fmt: str, protocols: tuple[str, ...]
-) -> None:
-    root = (fx.make_voc if fmt == "voc" else fx.make_coco)(tmp_path / fmt, per_split=6)
+def test_voc_and_coco_layouts_end_to_end_through_freeatm_runtime(tmp_path: Path) -> None:
+    """One `freeatm-runtime evaluate` process (the interpreter starts once): a VOC-layout fixture for semseg and
+    detection, a COCO-layout fixture for detection and retrieval."""
+    voc = fx.make_voc(tmp_path / "voc", per_split=6).as_uri()
+    coco = fx.make_coco(tmp_path / "coco", per_split=6).as_uri()
+    common = {"epochs": 2, "batchSize": 6, "k": 3}
     benches = [
-        {"name": p, "dataset": {"format": fmt, "uri": root.as_uri()}, "epochs": 2, "batchSize": 6, "k": 3}
-        for p in protocols
+        {"name": "semseg", "id": "voc-semseg", "dataset": {"format": "voc", "uri": voc}, **common},
+        {"name": "detection", "id": "voc-detection", "dataset": {"format": "voc", "uri": voc}, **common},
+        {"name": "detection", "id": "coco-detection", "dataset": {"format": "coco", "uri": coco}, **common},
+        {"name": "retrieval", "id": "coco-retrieval", "dataset": {"format": "coco", "uri": coco}, **common},
     ]
     out = tmp_path / "out"
     proc = run_cli(tmp_path, eval_job(out, [{"uri": RANDOM, "label": "random"}], benches))
     assert proc.returncode == 0, proc.stderr[-3000:]
     outputs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert json.loads((tmp_path / "result.json").read_text()) == outputs
-    assert outputs["reportUri"] == (out / "report.md").as_uri()
-    assert {r["benchmark"] for r in outputs["results"]} == set(protocols)
-    assert "| benchmark | metric | random |" in (out / "report.md").read_text()
-    for p in protocols:
-        assert (out / "runs" / "random" / f"{p}.json").is_file()
+    assert outputs["uri"] == out.as_uri() and outputs["reportUri"] == (out / "report.md").as_uri()
+    assert {(r["benchmark"], r["metric"]) for r in outputs["results"]} == {
+        ("voc-semseg", "miou"), ("voc-semseg", "pixel_acc"), ("voc-detection", "map"), ("voc-detection", "map50"),
+        ("coco-detection", "map"), ("coco-detection", "map50"),
+        ("coco-retrieval", "recall@1"), ("coco-retrieval", "recall@3"), ("coco-retrieval", "recall@5"),
+    }  # fmt: skip
+    report = (out / "report.md").read_text()
+    assert "| benchmark | metric | random |" in report and "| voc-detection | map50 |" in report
+    saved = json.loads((out / "results.json").read_text())
+    assert {b["id"]: (b["trainImages"], b["valImages"]) for b in saved["benchmarks"]}["voc-semseg"] == (6, 6)
+    for bench in benches:
+        assert (out / "runs" / "random" / f"{bench['id']}.json").is_file()
 
 
 def test_cli_bad_input_exits_65_naming_the_file(tmp_path: Path) -> None:

@@ -60,6 +60,15 @@ DEFAULTS: dict[str, tuple[int, float]] = {
     "retrieval": (40, 3e-3),
 }
 
+# The parameters each protocol uses (what the report shows).
+SHOWN_SETTINGS: dict[str, tuple[str, ...]] = {
+    "linear-probe": ("epochs", "lr", "batchSize", "imageSize"),
+    "knn": ("batchSize", "imageSize", "k"),
+    "semseg": ("epochs", "lr", "batchSize", "imageSize", "finetune"),
+    "detection": ("epochs", "lr", "batchSize", "imageSize", "finetune"),
+    "retrieval": ("epochs", "lr", "batchSize", "imageSize", "k"),
+}
+
 
 def settings_for(bench: Benchmark, ckpt: Checkpoint) -> Settings:
     epochs, lr = DEFAULTS[bench.name]
@@ -133,9 +142,9 @@ def run(resource: EvalJob) -> dict[str, Any]:
         checkpoints.append(load_checkpoint(source.name(), source.uri))
 
     pending = {
-        bench.key(): [
-            c for c in checkpoints if not finished_run(store, run_key(c, bench), run_digest(c, bench))
-        ]
+        bench.key(): {
+            c.label for c in checkpoints if not finished_run(store, run_key(c, bench), run_digest(c, bench))
+        }
         for bench in spec.benchmarks
     }
     data = {bench.key(): open_benchmark(bench) for bench in spec.benchmarks if pending[bench.key()]}
@@ -153,7 +162,7 @@ def run(resource: EvalJob) -> dict[str, Any]:
     for bench in spec.benchmarks:
         for ckpt in checkpoints:
             key, digest = run_key(ckpt, bench), run_digest(ckpt, bench)
-            if ckpt not in pending[bench.key()]:
+            if ckpt.label not in pending[bench.key()]:
                 result = finished_run(store, key, digest)
                 assert result is not None
                 log.info("%s on %s: done before, skipped", bench.key(), ckpt.label)
@@ -208,6 +217,14 @@ def _run_one(ckpt: Checkpoint, bench: Benchmark, train: Split, val: Split, diges
     scores = PROTOCOLS[bench.name][1](ckpt, train, val, settings)
     seconds = time.monotonic() - start
     EVAL_SECONDS.labels(protocol=bench.name).observe(seconds)
+    all_settings = {
+        "epochs": settings.epochs,
+        "lr": settings.lr,
+        "batchSize": settings.batch_size,
+        "imageSize": settings.image_size,
+        "k": settings.k,
+        "finetune": settings.finetune,
+    }
     log.info("%s on %s: %s (%.1f s)", bench.key(), ckpt.label, scores, seconds)
     return {
         "checkpoint": ckpt.label,
@@ -216,14 +233,7 @@ def _run_one(ckpt: Checkpoint, bench: Benchmark, train: Split, val: Split, diges
         "protocol": bench.name,
         "digest": digest,
         "scores": {k: float(v) for k, v in scores.items()},
-        "settings": {
-            "epochs": settings.epochs,
-            "lr": settings.lr,
-            "batchSize": settings.batch_size,
-            "imageSize": settings.image_size,
-            "k": settings.k,
-            "finetune": settings.finetune,
-        },
+        "settings": {k: v for k, v in all_settings.items() if k in SHOWN_SETTINGS[bench.name]},
         "trainImages": len(train),
         "valImages": len(val),
         "seconds": round(seconds, 2),
