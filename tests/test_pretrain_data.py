@@ -19,6 +19,7 @@ from freeatm.runtime.pretrain.data import (  # noqa: E402
     ShardStream,
     StreamConfig,
     assign,
+    integral_image,
     iter_raw,
     object_box,
     open_dataset,
@@ -111,7 +112,7 @@ def test_view_applies_the_same_geometry_to_image_and_mask() -> None:
     aug = Augment(size=32, scale=(0.2, 1.0), colour=False)
     agree = []
     for _ in range(50):
-        img, lab = view(rng, image, torch.from_numpy(labels), aug, None)
+        img, lab = view(rng, image, labels, aug, None)
         raw = img[0] * 0.229 + 0.485  # undo normalisation of channel 0 → 0..1 ≈ labels*100/255
         agree.append(((raw * 255 / 100).round().clamp(0, 2) == lab).float().mean().item())
     assert np.mean(agree) > 0.95
@@ -123,7 +124,7 @@ def test_object_box_keeps_the_share() -> None:
     obj[2:10, 22:30] = True  # a corner object: plain random crops often miss it
     shares = []
     for _ in range(200):
-        top, left, h, w = object_box(rng, obj, (0.08, 1.0), 0.5)
+        top, left, h, w = object_box(rng, integral_image(obj), (0.08, 1.0), 0.5)
         shares.append(obj[top : top + h, left : left + w].sum() / obj.sum())
     assert np.mean(np.array(shares) >= 0.5) > 0.97
 

@@ -199,22 +199,41 @@ def random_box(
     return (h - side) // 2, (w - side) // 2, side, side
 
 
+def integral_image(obj: np.ndarray) -> np.ndarray:
+    """Summed-area table of a boolean mask, [H+1, W+1]: the pixel count of any box in four look-ups."""
+    integral = np.zeros((obj.shape[0] + 1, obj.shape[1] + 1), np.int64)
+    integral[1:, 1:] = obj.cumsum(0).cumsum(1)
+    return integral
+
+
 def object_box(
-    rng: np.random.Generator, obj: np.ndarray, scale: tuple[float, float], min_share: float
+    rng: np.random.Generator, integral: np.ndarray, scale: tuple[float, float], min_share: float
 ) -> tuple[int, int, int, int]:
-    """A crop box keeping at least `min_share` of the pixels of boolean mask `obj` (the best of CROP_TRIES)."""
-    h, w = obj.shape
-    total = obj.sum()
-    best, best_share = None, -1.0
-    for _ in range(CROP_TRIES):
-        box = random_box(rng, h, w, scale)
-        top, left, ch, cw = box
-        share = obj[top : top + ch, left : left + cw].sum() / total
+    """A RandomResizedCrop box keeping at least `min_share` of an object's pixels (`integral`: its
+    integral_image): the first of CROP_TRIES candidates that does, else the candidate keeping most."""
+    h, w = integral.shape[0] - 1, integral.shape[1] - 1
+    total = max(int(integral[h, w]), 1)
+    lo, hi = scale
+    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
+    best, best_share = (0, 0, h, w), -1.0
+    for u_area, u_ratio, u_top, u_left in rng.random((CROP_TRIES, 4)).tolist():  # one draw: cheap per sample
+        area = h * w * (lo + (hi - lo) * u_area)
+        ratio = math.exp(log_lo + (log_hi - log_lo) * u_ratio)
+        cw = min(max(round(math.sqrt(area * ratio)), 1), w)
+        ch = min(max(round(math.sqrt(area / ratio)), 1), h)
+        top, left = int(u_top * (h - ch + 1)), int(u_left * (w - cw + 1))
+        inside = (
+            integral[top + ch, left + cw]
+            - integral[top, left + cw]
+            - integral[top + ch, left]
+            + integral[top, left]
+        )
+        share = inside / total
         if share >= min_share:
-            return box
+            return top, left, ch, cw
         if share > best_share:
-            best, best_share = box, share
-    return best  # type: ignore[return-value]
+            best, best_share = (top, left, ch, cw), share
+    return best
 
 
 @dataclass(frozen=True)
@@ -228,15 +247,26 @@ class Augment:
     min_object_share: float = 0.3
 
 
+def crop_labels(
+    labels: np.ndarray, top: int, left: int, ch: int, cw: int, size: int, flip: bool
+) -> np.ndarray:
+    """The label map cropped and resized like the image (nearest neighbour at the output pixel centres)."""
+    rows = top + ((np.arange(size) + 0.5) * ch / size).astype(np.int64)
+    cols = left + ((np.arange(size) + 0.5) * cw / size).astype(np.int64)
+    if flip:
+        cols = cols[::-1]
+    return labels[rows[:, None], cols[None, :]]
+
+
 def view(
     rng: np.random.Generator,
     image: torch.Tensor,
-    labels: torch.Tensor | None,
+    labels: np.ndarray | None,
     aug: Augment,
     obj: np.ndarray | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One augmented view: float image [3,S,S] normalised, label map [S,S] uint8 (same geometry) or None."""
-    from torchvision.transforms.v2 import InterpolationMode
+    """One augmented view: float image [3,S,S] normalised, label map [S,S] uint8 (same geometry) or None.
+    `obj`: the integral_image of the object a mask-aware crop must keep."""
     from torchvision.transforms.v2 import functional as F
 
     _, h, w = image.shape
@@ -250,11 +280,7 @@ def view(
         img = img.flip(-1)
     out_labels = None
     if labels is not None:
-        out_labels = F.resized_crop(
-            labels[None], top, left, ch, cw, [aug.size, aug.size], interpolation=InterpolationMode.NEAREST
-        )[0]
-        if flip:
-            out_labels = out_labels.flip(-1)
+        out_labels = torch.from_numpy(crop_labels(labels, top, left, ch, cw, aug.size, flip))
     img = img.float() / 255.0
     if aug.colour:
         if rng.random() < 0.8:
@@ -356,14 +382,13 @@ class ShardStream(IterableDataset):
         for sample in raw:
             image_np, labels_np = decode(sample, cfg.want_masks)
             image = torch.from_numpy(image_np).permute(2, 0, 1).contiguous()
-            labels = torch.from_numpy(labels_np) if labels_np is not None else None
             obj = None
             if cfg.augment.mask_aware and labels_np is not None:
-                present = [k for k in np.unique(labels_np) if k > 0]
-                if present:
-                    obj = labels_np == present[int(rng.integers(len(present)))]
+                present = np.flatnonzero(np.bincount(labels_np.ravel(), minlength=2)[1:]) + 1
+                if present.size:  # the object both views must keep
+                    obj = integral_image(labels_np == present[int(rng.integers(len(present)))])
             for key, mask_key in zip(keys, mask_keys, strict=True):
-                img, lab = view(rng, image, labels, cfg.augment, obj)
+                img, lab = view(rng, image, labels_np, cfg.augment, obj)
                 out[key].append(img)
                 if lab is not None:
                     out[mask_key].append(lab)
