@@ -213,17 +213,8 @@ def render(
     env += [_env(k, v) for k, v in sorted(config.extra_env.items())]
     ports = [{"name": "metrics", "containerPort": config.runtime_metrics_port, "protocol": "TCP"}]
     if isinstance(resource, SyntheticDataset):
-        env += [
-            _env("FREEATM_WORKERS", str(resource.spec.workers)),
-            {
-                "name": "FREEATM_WORKER_INDEX",
-                "valueFrom": {
-                    "fieldRef": {
-                        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-                    }
-                },
-            },
-        ]
+        # Each pod generates the shard range of its JOB_COMPLETION_INDEX (set by the Indexed Job).
+        env.append(_env("FREEATM_WORKERS", str(resource.spec.workers)))
     if nodes * nproc > 1:
         cmd, args, torch_env = _torchrun(resource, jname, config)  # type: ignore[arg-type]
         env += [_env(k, v) for k, v in sorted(torch_env.items())]

@@ -215,7 +215,7 @@ class Cluster:
         )
 
     # -- the operator ------------------------------------------------------------------------------------------
-    def start_operator(self, timeout: float = 20) -> None:
+    def start_operator(self, timeout: float = 20, serve: bool = False) -> None:
         assert self._operator is None, "operator already running"
         stop, ready = threading.Event(), threading.Event()
 
@@ -226,8 +226,8 @@ class Cluster:
                     configuration=self.configuration,
                     stop_flag=stop,
                     ready_flag=ready,
-                    serve_metrics=False,
-                    liveness=False,
+                    serve_metrics=serve,
+                    liveness=serve,
                 )
             )
 

@@ -314,3 +314,66 @@ def test_pod_evicted_does_not_count_as_a_failure(cluster):
     c.job_succeeded("evicted-gen", [{"uri": f"{NS_OUT}/evicted"}])
     status = wait_phase(c, "SyntheticDataset", "evicted", "Succeeded")
     assert status["restarts"] == 0 and status["outputs"]["uri"] == f"{NS_OUT}/evicted"
+
+
+def test_spec_change_replaces_the_job_and_restarts_the_run(cluster):
+    c = cluster
+    c.create(sds("changing"))
+    first = wait_for(lambda: c.job("changing-gen"))
+    c.job_running("changing-gen", active=2)
+    wait_phase(c, "SyntheticDataset", "changing", "Running")
+    c.patch_spec("SyntheticDataset", "changing", {"workers": 1})
+    second = wait_for(
+        lambda: (j := c.job("changing-gen")) and j["spec"]["parallelism"] == 1 and j, what="new Job"
+    )
+    assert second["metadata"]["annotations"]["freeatm.io/generation"] == "2"
+    assert (
+        second["metadata"]["annotations"]["freeatm.io/spec-hash"]
+        != first["metadata"]["annotations"]["freeatm.io/spec-hash"]
+    )
+    status = wait_phase(c, "SyntheticDataset", "changing", "Pending")
+    assert status["observedGeneration"] == 2 and status.get("restarts", 0) == 0
+
+
+def test_metrics_and_liveness_endpoints():
+    import socket
+
+    from kmock_cluster import KmockCluster
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    c = KmockCluster()
+    try:
+        c.config = type(c.config)(
+            **{**c.config.__dict__, "metrics_port": free_port(), "liveness_port": free_port()}
+        )
+        c.start_operator(serve=True)
+        c.create(sds("observed"))
+        wait_for(lambda: c.job("observed-gen"))
+        health = wait_for(lambda: _get(f"http://127.0.0.1:{c.config.liveness_port}/healthz"), what="liveness")
+        assert health is not None
+        text = wait_for(
+            lambda: (
+                (t := _get(f"http://127.0.0.1:{c.config.metrics_port}/metrics"))
+                and "JobCreated" not in t
+                and t
+            )
+        )
+        assert 'freeatm_operator_jobs_created_total{kind="SyntheticDataset"}' in text
+        assert 'freeatm_operator_resources{kind="SyntheticDataset",phase="Pending"} 1.0' in text
+    finally:
+        c.close()
+
+
+def _get(url: str) -> str | None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None

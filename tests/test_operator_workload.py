@@ -95,7 +95,11 @@ def test_generation_is_an_indexed_job_with_one_index_per_worker():
     assert container(job)["image"] == "img:1"
     e = env(job)
     assert e["FREEATM_RESOURCE"] == "SyntheticDataset/$(FREEATM_NAMESPACE)/shapes"
-    assert e["FREEATM_WORKERS"] == "2" and e["FREEATM_METRICS_PORT"] == "9090"
+    assert (
+        e["FREEATM_WORKERS"] == "2"
+        and e["FREEATM_METRICS_PORT"] == "9090"
+        and "FREEATM_WORKER_INDEX" not in e
+    )
     assert json.loads(e["FREEATM_SPEC"])["spec"]["workers"] == 2
     # pvc:// output: the claim is mounted where runtime/storage.py looks for it
     assert {"name": "pvc-data", "persistentVolumeClaim": {"claimName": "data"}} in spec["template"]["spec"][
