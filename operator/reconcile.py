@@ -126,6 +126,7 @@ def reconcile(body: Mapping[str, Any], lookup: Lookup, ctx: Context, now: str | 
     job = kube.get(jpath) if resource is not None else None
     if job is not None and (job.get("metadata", {}).get("labels") or {}).get(LABEL_NAME) != name:
         obs.blocked = f"a Job named {jname} exists that freeatm did not create; delete or rename it"
+        obs.blocked_reason = "JobNameConflict"
         job = None
         resource_blocked = True
     else:

@@ -41,7 +41,8 @@ class Observation:
     suspend: bool = False  # spec.suspend
     output_uri: str | None = None  # spec.output.uri
     pod_results: list[dict[str, Any]] = field(default_factory=list)  # termination messages, index 0 last
-    blocked: str | None = None  # a reason the Job could not be created (message)
+    blocked: str | None = None  # why the Job could not be created (message)
+    blocked_reason: str = "WaitingForDependencies"
 
 
 def job_condition(job: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
@@ -141,7 +142,7 @@ def _phase(current: dict[str, Any], obs: Observation) -> tuple[str, str, str]:
     if v is not None and not v.ready:
         return "Waiting", "WaitingForDependencies", v.message
     if obs.blocked:
-        return "Waiting", "WaitingForDependencies", obs.blocked
+        return "Waiting", obs.blocked_reason, obs.blocked
     return "Pending", "Pending", "creating the workload"
 
 

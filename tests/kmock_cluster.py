@@ -76,6 +76,12 @@ class Cluster:
     def create(self, doc: dict[str, Any]) -> dict[str, Any]:
         doc = {**doc, "metadata": {**doc["metadata"], "namespace": self.namespace}}
         doc.setdefault("apiVersion", API_VERSION if doc["kind"] in KINDS else "v1")
+        if not self.emulated and doc["kind"] in KINDS:
+            # On a real cluster the Job controller runs: keep the workload pods unscheduled, the test plays them.
+            doc["spec"] = {
+                **doc["spec"],
+                "nodeSelector": {**doc["spec"].get("nodeSelector", {}), "freeatm.io/e2e": "unschedulable"},
+            }
         if self.emulated:  # what the API server would assign
             doc["metadata"].setdefault("uid", str(uuid.uuid4()))
             doc["metadata"].setdefault(
@@ -183,6 +189,7 @@ class Cluster:
             },
             "spec": {
                 "restartPolicy": "Never",
+                "nodeSelector": {"freeatm.io/e2e": "unschedulable"},
                 "containers": [{"name": "runtime", "image": "freeatm-runtime:test"}],
             },
         }

@@ -377,3 +377,27 @@ def _get(url: str) -> str | None:
             return resp.read().decode()
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
+
+
+def test_a_foreign_job_with_the_same_name_is_not_adopted(cluster):
+    c = cluster
+    c.create(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "taken-gen"},
+            "spec": {
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "nodeSelector": {"freeatm.io/e2e": "unschedulable"},
+                        "containers": [{"name": "c", "image": "busybox"}],
+                    }
+                }
+            },
+        }
+    )
+    c.create(sds("taken"))
+    status = wait_phase(c, "SyntheticDataset", "taken", "Waiting")
+    assert condition(status, "Ready")["reason"] == "JobNameConflict"
+    assert "ownerReferences" not in c.job("taken-gen")["metadata"]
