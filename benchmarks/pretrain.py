@@ -1,12 +1,12 @@
 """Throughput of mask-guided pretraining vs its baseline, for contrastive (SimCLR ± mask-aware crops and the
 object term) and MIM (MAE ± guided masking and object-weighted loss), on the same data in one run.
 
-    python benchmarks/pretrain.py [--images 64] [--batch 16] [--rounds 3] [--steps 3]
+    python benchmarks/pretrain.py [--images 64] [--batch 8] [--steps 8] [--workers 0]
 
-Each measurement is end to end in one process (shard reading, decoding, augmentation, forward, backward,
-optimiser step; loader workers off so the data-side cost of the masks is counted in full). Baseline and
-mask-guided runs alternate round by round and the median rate of each is compared, which cancels most drift
-from other load on the machine. The last line is a JSON object with `contrastive_ratio` and `mim_ratio`
+Each step is timed end to end in one process (fetching the batch — shard reading, decoding, augmentation — then
+forward, backward, optimiser step; loader workers off by default so the data-side cost of the masks is counted
+in full). Baseline and mask-guided steps alternate one by one and the median step of each is compared, which
+cancels most of the drift caused by other load on the machine. The last line is a JSON object with `contrastive_ratio` and `mim_ratio`
 (mask-guided images/s ÷ baseline images/s; target ≥ 0.95).
 """
 
@@ -35,6 +35,7 @@ def job(
     backbone: str,
     size: int,
     batch: int,
+    workers: int,
     extra: dict,
 ):
     method = {"framework": framework, "useMasks": use_masks}
@@ -49,53 +50,64 @@ def job(
                 "dataset": {"uri": dataset},
                 "method": method,
                 "backbone": backbone,
-                "training": {"epochs": 100, "batchSize": batch, "imageSize": size, "loaderWorkers": 0},
+                "training": {"epochs": 100, "batchSize": batch, "imageSize": size, "loaderWorkers": workers},
                 "output": {"uri": output},
             },
         }
     )
 
 
-def rate(trainer: Trainer, steps: int, warmup: int, epoch: int) -> float:
-    """Images per second over `steps` training steps after `warmup` untimed ones."""
-    it = iter(trainer.batches(epoch))
-    for _ in range(warmup):
-        trainer.train_step(next(it))
+def endless(trainer: Trainer):
+    """The trainer's batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        yield from trainer.batches(epoch)
+        epoch += 1
+
+
+def timed_step(trainer: Trainer, batches) -> float:
+    """Seconds for one step: fetching (reading, decoding, augmenting) the batch and training on it."""
     start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(next(it))
-    return steps * trainer.local_batch / (time.perf_counter() - start)
+    trainer.train_step(next(batches))
+    return time.perf_counter() - start
 
 
 def compare(dataset: str, tmp: Path, framework: str, backbone: str, size: int, args, extra: dict) -> dict:
+    """Median images/s of baseline and mask-guided, their steps interleaved one by one (order alternating)."""
+    variants = ("baseline", "guided")
     trainers = {
-        variant: Trainer(job(dataset, f"file://{tmp}/{framework}-{variant}", framework, variant == "guided",
-                             backbone, size, args.batch, extra))
-        for variant in ("baseline", "guided")
+        v: Trainer(job(dataset, f"file://{tmp}/{framework}-{v}", framework, v == "guided", backbone, size,
+                       args.batch, args.workers, extra))
+        for v in variants
     }  # fmt: skip
-    rates: dict[str, list[float]] = {"baseline": [], "guided": []}
-    for r in range(args.rounds):
-        order = ("baseline", "guided") if r % 2 == 0 else ("guided", "baseline")
-        for variant in order:
-            rates[variant].append(rate(trainers[variant], args.steps, args.warmup, r))
-    base, guided = statistics.median(rates["baseline"]), statistics.median(rates["guided"])
-    fixes = trainers["guided"].fixes
+    batches = {v: endless(trainers[v]) for v in variants}
+    for v in variants:
+        for _ in range(args.warmup):
+            timed_step(trainers[v], batches[v])
+    seconds: dict[str, list[float]] = {v: [] for v in variants}
+    for i in range(args.steps):
+        for v in variants if i % 2 == 0 else variants[::-1]:
+            seconds[v].append(timed_step(trainers[v], batches[v]))
+    rate = {v: args.batch / statistics.median(seconds[v]) for v in variants}
+    ratio = rate["guided"] / rate["baseline"]
     print(
-        f"{framework:12s} {backbone} {size}px batch {args.batch}: baseline {base:7.1f} img/s, "
-        f"mask-guided {guided:7.1f} img/s {fixes}  ratio {guided / base:.3f}"
-        f"   (rounds: {[round(x, 1) for x in rates['baseline']]} vs {[round(x, 1) for x in rates['guided']]})",
+        f"{framework:12s} {backbone} {size}px batch {args.batch}, {args.steps} steps each: "
+        f"baseline {rate['baseline']:7.2f} img/s, mask-guided {rate['guided']:7.2f} img/s "
+        f"{trainers['guided'].fixes}  ratio {ratio:.3f}",
         flush=True,
     )
-    return {"baseline": base, "guided": guided, "ratio": guided / base}
+    return {"baseline": rate["baseline"], "guided": rate["guided"], "ratio": ratio}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="loader workers (0: data cost counted in full)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--contrastive-backbone", default="resnet18")
     parser.add_argument("--contrastive-size", type=int, default=32)
@@ -119,6 +131,8 @@ def main() -> int:
                 "contrastive_images_per_s": {k: round(c[k], 2) for k in ("baseline", "guided")},
                 "mim_images_per_s": {k: round(m[k], 2) for k in ("baseline", "guided")},
                 "threads": args.threads,
+                "workers": args.workers,
+                "batch": args.batch,
             }
         )
     )
