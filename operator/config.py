@@ -26,11 +26,12 @@ class OperatorConfig:
     liveness_port: int = 8081
     """Port of kopf's liveness endpoint /healthz (FREEATM_OPERATOR_LIVENESS_PORT)."""
     runtime_metrics_port: int = 9090
-    """Port on which every workload pod serves its Prometheus metrics (FREEATM_METRICS_PORT in the pod)."""
+    """Port on which every workload pod serves its Prometheus metrics (FREEATM_RUNTIME_METRICS_PORT; in the pod:
+    FREEATM_METRICS_PORT)."""
     rendezvous_port: int = 29500
     """torchrun c10d rendezvous port of multi-node training."""
     pvc_root: str = "/mnt/pvc"
-    """Where pvc://claim/... URIs are mounted in the pods (FREEATM_PVC_ROOT)."""
+    """Where pvc://claim/... URIs are mounted in the pods (FREEATM_PVC_ROOT, passed on to the pods)."""
     extra_env: dict[str, str] = field(default_factory=dict)
     """Environment added to every workload container (e.g. HF_HUB_OFFLINE=1)."""
 
@@ -51,5 +52,9 @@ class OperatorConfig:
             values["metrics_port"] = int(v)
         if v := env.get("FREEATM_OPERATOR_LIVENESS_PORT"):
             values["liveness_port"] = int(v)
+        if v := env.get("FREEATM_RUNTIME_METRICS_PORT"):
+            values["runtime_metrics_port"] = int(v)
+        if v := env.get("FREEATM_PVC_ROOT"):
+            values["pvc_root"] = v
         config = cls(**values)
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -270,3 +270,28 @@ def test_render_accepts_a_manifest_dict():
 def test_operator_imports_without_torch():
     code = "import sys, freeatm.operator.main, freeatm.operator.workload; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_configuration_from_the_environment():
+    config = OperatorConfig.from_env(
+        {
+            "FREEATM_RUNTIME_IMAGE": "reg/rt:1",
+            "FREEATM_RUNTIME_SERVICE_ACCOUNT": "",
+            "FREEATM_NAMESPACES": "a, b",
+            "FREEATM_RUNTIME_METRICS_PORT": "9300",
+            "FREEATM_OPERATOR_METRICS_PORT": "8000",
+        },
+        metrics_port=None,
+        liveness_port=9001,
+    )
+    assert (
+        config.runtime_image == "reg/rt:1"
+        and config.service_account is None
+        and config.namespaces == ("a", "b")
+    )
+    assert (
+        config.runtime_metrics_port == 9300 and config.metrics_port == 8000 and config.liveness_port == 9001
+    )
+    (job,) = render(sds(), None, config)
+    assert "serviceAccountName" not in job["spec"]["template"]["spec"]
+    assert env(job)["FREEATM_METRICS_PORT"] == "9300"
