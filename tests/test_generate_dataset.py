@@ -210,3 +210,20 @@ def test_cli_exit_code_for_bad_model(tmp_path) -> None:  # type: ignore[no-untyp
     assert "unknown toy model" in done.stderr
     assert json.loads((tmp_path / "result.json").read_text())["exitCode"] == 65
     assert not Path(tmp_path / "ds" / "shards").exists() or not any((tmp_path / "ds" / "shards").iterdir())
+
+
+def test_progress_and_metrics(model_uri, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from freeatm.runtime import metrics
+
+    progress = tmp_path / "progress.jsonl"
+    monkeypatch.setenv("FREEATM_PROGRESS_FILE", str(progress))
+    monkeypatch.setenv("FREEATM_PROGRESS_INTERVAL", "0")
+    images_before = metrics.IMAGES_GENERATED._value.get()
+    coverage_before = metrics.MASK_COVERAGE._sum.get()
+    generate.run(resource(model_uri, f"file://{tmp_path}/ds", generation={"images": 12, "shardSize": 8, "batchSize": 4}))
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert lines[0]["done"] == 0 and lines[-1]["done"] == lines[-1]["total"] == 12
+    assert [line["images"] for line in lines] == [0, 4, 8, 12]
+    assert all(line["unit"] == "images" for line in lines)
+    assert metrics.IMAGES_GENERATED._value.get() - images_before == 12
+    assert metrics.MASK_COVERAGE._sum.get() > coverage_before
