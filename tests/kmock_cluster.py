@@ -25,7 +25,7 @@ from typing import Any
 
 import kubernetes.client
 
-from freeatm.api import API_VERSION, KINDS
+from freeatm.api import API_VERSION, GROUP, KINDS, VERSION
 from freeatm.api.crd import crd_for
 from freeatm.operator.config import OperatorConfig
 from freeatm.operator.kube import Kube, load_configuration, resource_path
@@ -359,6 +359,7 @@ class RealCluster(Cluster):
             path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
             if self.api.get(f"{path}/{crd['metadata']['name']}") is None:
                 self.api.create(path, crd)
+        wait_for(lambda: self.api.get(f"/apis/{GROUP}/{VERSION}"), 60, "the CRDs to be served")
         self.api.create(
             "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
         )
