@@ -243,3 +243,19 @@ def test_cli_bad_input_exits_65_naming_the_file(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_INVALID, proc.stderr[-2000:]
     assert "instances_val.json: empty annotation file" in proc.stderr
     assert json.loads((tmp_path / "result.json").read_text())["exitCode"] == EXIT_INVALID
+
+
+def test_streaming_equals_cached_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Datasets too large for the feature cache are streamed batch by batch, with the same result."""
+    ds = {"format": "shapes", "uri": "toy://shapesbench/val?images=12"}
+    benches = [
+        {"name": "semseg", "dataset": ds, "epochs": 2, "batchSize": 4},
+        {"name": "detection", "dataset": ds, "epochs": 1, "batchSize": 4},
+    ]
+    cached = job.run(parse_resource(eval_job(tmp_path / "a", [{"uri": RANDOM}], benches)))  # type: ignore[arg-type]
+    clear_feature_cache()
+    monkeypatch.setenv("FREEATM_EVAL_CACHE_BYTES", "0")
+    streamed = job.run(parse_resource(eval_job(tmp_path / "b", [{"uri": RANDOM}], benches)))  # type: ignore[arg-type]
+    for a, b in zip(cached["results"], streamed["results"], strict=True):
+        assert (a["benchmark"], a["metric"]) == (b["benchmark"], b["metric"])
+        assert a["value"] == pytest.approx(b["value"], abs=1e-3)

@@ -1,7 +1,25 @@
-"""`freeatm-runtime evaluate`: score pretrained checkpoints on downstream benchmarks (EvalJob, issue #6).
+"""`freeatm-runtime evaluate`: score pretrained checkpoints on downstream benchmarks (the EvalJob's pods).
 
-Protocols (classification.py, segmentation.py, detection.py, retrieval.py) run on datasets read by datasets.py;
-job.py orders the work, resumes it and writes the report (report.py).
+Every benchmark of the spec runs on every checkpoint (a MaskPretrainJob output holding export/backbone.pt and
+export/metadata.json, or random://BACKBONE?imageSize=N as the random-init baseline); the scores land in one
+side-by-side table. Files, in reading order:
+
+- ``job.py``            the run: checkpoints, datasets, resume, progress, metrics, report
+- ``datasets.py``       readers: imagefolder, PASCAL VOC, COCO, ADE20K, Cityscapes, ShapesBench (toy://)
+- ``classification.py`` kNN and linear probe on frozen global features       -> top1 (top5 above 5 classes)
+- ``segmentation.py``   BN + 1x1 head on frozen or fine-tuned dense features  -> miou, pixel_acc
+- ``detection.py``      torchvision Faster R-CNN on the backbone               -> map (@[.5:.95]), map50
+- ``retrieval.py``      LiT-style: frozen images, text tower learnt on the fly -> recall@1, recall@5, recall@k
+- ``scores.py``         the metrics (pycocotools; mIoU as torchmetrics' JaccardIndex)
+- ``report.py``         results.json, report.md (side-by-side table), plots/scores.png
+
+Protocol parameters come from the benchmark (epochs, lr, batchSize, imageSize, k, finetune, maxImages);
+unset ones default per protocol (job.DEFAULTS; imageSize: the checkpoint's training size). The output::
+
+    <output>/runs/<checkpoint>/<benchmark>.json   one finished run, with the digest it was computed for
+    <output>/results.json  <output>/report.md  <output>/plots/scores.png
+
+A rerun skips every run whose file carries the same digest (checkpoint weights + metadata + benchmark spec).
 """
 
 from __future__ import annotations

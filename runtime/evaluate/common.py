@@ -65,7 +65,9 @@ def pick_device() -> torch.device:
 def load_checkpoint(label: str, uri: str) -> Checkpoint:
     """Build the backbone of `uri` (a MaskPretrainJob output or random://NAME); InvalidInput names what is wrong."""
     try:
-        backbone, metadata = load_export(uri)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random://: the same random baseline in every run (and after a restart)
+            backbone, metadata = load_export(uri)
     except InvalidInput as e:
         raise InvalidInput(f"checkpoint {label}: {e}") from e
     backbone.eval().requires_grad_(False)
@@ -119,20 +121,38 @@ def image_batches(
         yield chunk, x.to(ckpt.device, non_blocking=True)
 
 
+def _mask_of(sample: Sample, image: np.ndarray, size: int, where: str) -> Tensor:
+    if sample.load_mask is None:
+        raise InvalidInput(f"{where}: image {sample.id} has no label map")
+    mask = sample.load_mask()
+    if mask.shape != image.shape[:2]:
+        raise InvalidInput(
+            f"{where}: label map of image {sample.id} is {mask.shape[1]}x{mask.shape[0]} but the image is "
+            f"{image.shape[1]}x{image.shape[0]}"
+        )
+    return resize_mask(mask, size)
+
+
 def load_masks(samples: list[Sample], size: int, where: str) -> Tensor:
-    masks = []
+    """[N, size, size] label maps (checked against their images' sizes)."""
+    return torch.stack([_mask_of(s, s.load_image(), size, where) for s in samples])
+
+
+def load_batch(samples: list[Sample], size: int, ckpt: Checkpoint, where: str) -> tuple[Tensor, Tensor]:
+    """Images [B, 3, size, size] on the checkpoint's device and their label maps [B, size, size] (on the CPU),
+    each image decoded once."""
+    images, masks = [], []
     for s in samples:
-        if s.load_mask is None:
-            raise InvalidInput(f"{where}: image {s.id} has no label map")
-        mask = s.load_mask()
         image = s.load_image()
-        if mask.shape != image.shape[:2]:
-            raise InvalidInput(
-                f"{where}: label map of image {s.id} is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                f"{image.shape[1]}x{image.shape[0]}"
-            )
-        masks.append(resize_mask(mask, size))
-    return torch.stack(masks)
+        images.append(preprocess(image, size, ckpt.mean, ckpt.std))
+        masks.append(_mask_of(s, image, size, where))
+    return torch.stack(images).to(ckpt.device, non_blocking=True), torch.stack(masks)
+
+
+def fits_cache(items: int, bytes_per_item: int) -> bool:
+    """Whether `items` cached tensors of `bytes_per_item` stay within FREEATM_EVAL_CACHE_BYTES (default 4 GiB);
+    larger datasets are streamed batch by batch instead."""
+    return items * bytes_per_item <= int(os.environ.get("FREEATM_EVAL_CACHE_BYTES", 4 << 30))
 
 
 # Frozen features of the last few (checkpoint, split, size) combinations: kNN, the linear probe and retrieval on

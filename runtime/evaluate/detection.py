@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import Checkpoint, Settings
+from .common import Checkpoint, Settings, fits_cache
 from .datasets import Split
 from .scores import coco_map
 
@@ -115,41 +115,59 @@ def _target(sample: Any, sx: float, sy: float) -> dict[str, Tensor]:
 
 
 class _Prepared:
-    """A split resized to square images (every image the same size, so a frozen backbone's features of an
-    image do not depend on its batch and are computed once)."""
+    """A split read as square images of one size, so that a frozen backbone's features of an image do not depend
+    on its batch: they are computed once when they fit the cache (common.fits_cache), else batch by batch."""
 
     def __init__(self, split: Split, size: int, with_targets: bool) -> None:
-        prepared = [_square(s, size) for s in split.samples]
-        self.images = [p[0] for p in prepared]
-        self.scales = [(p[1], p[2]) for p in prepared]
-        self.targets = (
-            [_target(s, sx, sy) for s, (sx, sy) in zip(split.samples, self.scales, strict=True)]
-            if with_targets
-            else []
-        )
+        self.split, self.size, self.with_targets = split, size, with_targets
         self.dense: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def batch(
+        self, idx: list[int]
+    ) -> tuple[list[Tensor], list[dict[str, Tensor]], list[tuple[float, float]]]:
+        """Images (0..1, square), targets (boxes scaled alike) and the scale factors of the samples `idx`."""
+        images, targets, scales = [], [], []
+        for i in idx:
+            sample = self.split.samples[i]
+            image, sx, sy = _square(sample, self.size)
+            images.append(image)
+            scales.append((sx, sy))
+            if self.with_targets:
+                targets.append(_target(sample, sx, sy))
+        return images, targets, scales
 
     def cache_dense(self, model: nn.Module, batch_size: int) -> None:
         device = next(model.parameters()).device
+        body = model.backbone.body
+        stride = int(getattr(body, "patch_size_or_stride", 8))
+        per_image = body.feature_dim * max(1, -(-self.size // 32) * 32 // stride) ** 2 * 4
+        if not fits_cache(len(self), per_image):
+            return
         chunks = []
-        for start in range(0, len(self.images), batch_size):
-            images, _ = model.transform([x.to(device) for x in self.images[start : start + batch_size]])
-            chunks.append(model.backbone.dense(images.tensors))
+        for start in range(0, len(self), batch_size):
+            images = self.batch(list(range(start, min(start + batch_size, len(self)))))[0]
+            transformed, _ = model.transform([x.to(device) for x in images])
+            chunks.append(model.backbone.dense(transformed.tensors))
         self.dense = torch.cat(chunks)
 
 
-def _forward(model: nn.Module, data: _Prepared, idx: list[int]) -> Any:
-    """GeneralizedRCNN.forward, with the frozen backbone's features taken from the cache when there is one."""
+def _forward(model: nn.Module, data: _Prepared, idx: list[int]) -> tuple[Any, list[tuple[float, float]]]:
+    """GeneralizedRCNN.forward, with the frozen backbone's features taken from the cache when there is one;
+    returns (losses or detections, scale factors of the images)."""
     device = next(model.parameters()).device
-    targets = [{k: v.to(device) for k, v in data.targets[i].items()} for i in idx] if model.training else None
-    images, targets = model.transform([data.images[i].to(device) for i in idx], targets)
+    images_in, targets_in, scales = data.batch(idx)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets_in] if model.training else None
+    images, targets = model.transform([x.to(device) for x in images_in], targets)
     if data.dense is not None:
         features = model.backbone.head(data.dense[idx])
     else:
         features = model.backbone(images.tensors)
     proposals, rpn_losses = model.rpn(images, OrderedDict([("0", features["0"])]), targets)
     detections, roi_losses = model.roi_heads(features, proposals, images.image_sizes, targets)
-    return {**rpn_losses, **roi_losses} if model.training else detections
+    return ({**rpn_losses, **roi_losses} if model.training else detections), scales
 
 
 def train_detector(ckpt: Checkpoint, train: Split, settings: Settings) -> nn.Module:
@@ -173,7 +191,7 @@ def train_detector(ckpt: Checkpoint, train: Split, settings: Settings) -> nn.Mod
     model.train()
     for _ in range(settings.epochs):
         for idx in torch.randperm(len(train)).split(settings.batch_size):
-            losses = _forward(model, data, idx.tolist())
+            losses = _forward(model, data, idx.tolist())[0]
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 continue  # a diverging step on a tiny dataset; skip rather than poison the weights
@@ -234,13 +252,11 @@ def score_detections(split: Split, predictions: list[dict[str, Tensor]]) -> dict
 def predict(model: nn.Module, split: Split, settings: Settings) -> list[dict[str, Tensor]]:
     """Per-image predictions in the original image's pixel coordinates, in split order."""
     model.eval()
-    data = _Prepared(split, settings.image_size, with_targets=False)
-    if not settings.finetune:
-        data.cache_dense(model, settings.batch_size)
+    data = _Prepared(split, settings.image_size, with_targets=False)  # each image is seen once: no cache
     out: list[dict[str, Tensor]] = []
     for idx in torch.arange(len(split)).split(settings.batch_size):
-        for i, pred in zip(idx.tolist(), _forward(model, data, idx.tolist()), strict=True):
-            sx, sy = data.scales[i]
+        preds, scales = _forward(model, data, idx.tolist())
+        for pred, (sx, sy) in zip(preds, scales, strict=True):
             pred = {k: v.cpu() for k, v in pred.items()}
             pred["boxes"] = pred["boxes"] / torch.tensor([sx, sy, sx, sy])
             out.append(pred)

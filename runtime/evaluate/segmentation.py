@@ -1,8 +1,10 @@
 """Semantic segmentation: a light head (BatchNorm + 1x1 convolution, logits upsampled bilinearly) on the
-backbone's dense features, frozen (features cached once) or fine-tuned together with the head.
+backbone's dense features, frozen or fine-tuned together with the head (backbone at lr / 10).
 
 Images and label maps are resized to the benchmark's square image size and scored there: mIoU over the classes
-that occur (torchmetrics' JaccardIndex, macro) and pixel accuracy, the ignore label (255) excluded.
+that occur (torchmetrics' JaccardIndex, macro) and pixel accuracy, the ignore label (255) excluded. With a
+frozen backbone the training split's features are computed once when they fit the cache (common.fits_cache);
+otherwise, and when fine-tuning, every batch is read and encoded as it comes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import IGNORE, Checkpoint, Settings, dense_features, image_batches, load_masks
+from .common import IGNORE, Checkpoint, Settings, dense_features, fits_cache, load_batch, load_masks
 from .datasets import Split
 from .scores import Confusion
 
@@ -32,54 +34,42 @@ class Head(nn.Module):
         return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _schedule(
-    opt: torch.optim.Optimizer, epochs: int, n: int, batch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * math.ceil(n / batch)))
+def _dense(backbone: nn.Module, x: Tensor, trainable: bool) -> Tensor:
+    if trainable:
+        return backbone.forward_features(x)  # type: ignore[operator]
+    with torch.no_grad():
+        return backbone.forward_features(x)  # type: ignore[operator]
 
 
-def train_frozen(ckpt: Checkpoint, train: Split, settings: Settings) -> Head:
-    feats = dense_features(ckpt, train, settings)
-    masks = load_masks(train.samples, settings.image_size, train.where)
+def train_head(ckpt: Checkpoint, train: Split, settings: Settings) -> tuple[nn.Module, Head]:
+    """The (possibly fine-tuned copy of the) backbone and a head trained on `train`."""
     torch.manual_seed(settings.seed)
-    dev = ckpt.device
-    head = Head(feats.shape[1], len(train.classes)).to(dev)
-    opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=1e-4)
-    sched = _schedule(opt, settings.epochs, len(feats), settings.batch_size)
+    dev, size = ckpt.device, settings.image_size
+    backbone: nn.Module = ckpt.backbone
+    if settings.finetune:  # train a copy: the checkpoint's own backbone serves the other benchmarks untouched
+        backbone = copy.deepcopy(ckpt.backbone).requires_grad_(True).train()
+    head = Head(ckpt.backbone.feature_dim, len(train.classes)).to(dev)
+    groups: list[dict] = [{"params": list(head.parameters())}]
+    if settings.finetune:
+        groups.append({"params": list(backbone.parameters()), "lr": settings.lr / 10})
+    opt = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=1e-4)
+    steps = max(1, settings.epochs * math.ceil(len(train) / settings.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+
+    stride = int(getattr(ckpt.backbone, "patch_size_or_stride", 8))
+    per_image = ckpt.backbone.feature_dim * max(1, size // stride) ** 2 * 4 + size * size * 8
+    cached = not settings.finetune and fits_cache(len(train), per_image)
+    if cached:
+        feats, masks = dense_features(ckpt, train, settings), load_masks(train.samples, size, train.where)
     head.train()
     for _ in range(settings.epochs):
-        for idx in torch.randperm(len(feats)).split(settings.batch_size):
-            logits = head(feats[idx].to(dev), settings.image_size)
-            loss = F.cross_entropy(logits, masks[idx].to(dev), ignore_index=IGNORE)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return head.eval()
-
-
-def train_finetuned(ckpt: Checkpoint, train: Split, settings: Settings) -> tuple[nn.Module, Head]:
-    """Train a copy of the backbone (lr / 10) with the head; the checkpoint's own backbone stays untouched."""
-    torch.manual_seed(settings.seed)
-    backbone = copy.deepcopy(ckpt.backbone).requires_grad_(True).train()
-    head = Head(backbone.feature_dim, len(train.classes)).to(ckpt.device)
-    opt = torch.optim.AdamW(
-        [{"params": head.parameters()}, {"params": backbone.parameters(), "lr": settings.lr / 10}],
-        lr=settings.lr,
-        weight_decay=1e-4,
-    )
-    sched = _schedule(opt, settings.epochs, len(train), settings.batch_size)
-    masks = load_masks(train.samples, settings.image_size, train.where)
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(train)).tolist()
-        samples = [train.samples[i] for i in order]
-        offset = 0
-        for chunk, x in image_batches(samples, settings.image_size, ckpt, settings.batch_size):
-            target = masks[order[offset : offset + len(chunk)]].to(ckpt.device)
-            offset += len(chunk)
-            loss = F.cross_entropy(
-                head(backbone.forward_features(x), settings.image_size), target, ignore_index=IGNORE
-            )
+        for idx in torch.randperm(len(train)).split(settings.batch_size):
+            if cached:
+                f, m = feats[idx].to(dev), masks[idx]
+            else:
+                x, m = load_batch([train.samples[i] for i in idx.tolist()], size, ckpt, train.where)
+                f = _dense(backbone, x, settings.finetune)
+            loss = F.cross_entropy(head(f, size), m.to(dev), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -88,22 +78,18 @@ def train_finetuned(ckpt: Checkpoint, train: Split, settings: Settings) -> tuple
 
 
 @torch.no_grad()
-def predict(backbone: nn.Module, head: Head, ckpt: Checkpoint, split: Split, settings: Settings) -> Tensor:
-    """[N, size, size] predicted class indices."""
-    preds = [
-        head(backbone.forward_features(x), settings.image_size).argmax(1).cpu()  # type: ignore[operator]
-        for _, x in image_batches(split.samples, settings.image_size, ckpt, settings.batch_size)
-    ]
-    return torch.cat(preds)
+def score(backbone: nn.Module, head: Head, ckpt: Checkpoint, split: Split, settings: Settings) -> Confusion:
+    """The confusion matrix of the head's predictions over `split`, batch by batch."""
+    confusion = Confusion(len(split.classes), IGNORE)
+    for start in range(0, len(split), settings.batch_size):
+        x, m = load_batch(
+            split.samples[start : start + settings.batch_size], settings.image_size, ckpt, split.where
+        )
+        confusion.update(head(backbone.forward_features(x), settings.image_size).argmax(1).cpu(), m)  # type: ignore[operator]
+    return confusion
 
 
 def run_semseg(ckpt: Checkpoint, train: Split, val: Split, settings: Settings) -> dict[str, float]:
-    if settings.finetune:
-        backbone, head = train_finetuned(ckpt, train, settings)
-    else:
-        backbone, head = ckpt.backbone, train_frozen(ckpt, train, settings)
-    confusion = Confusion(len(train.classes), IGNORE)
-    confusion.update(
-        predict(backbone, head, ckpt, val, settings), load_masks(val.samples, settings.image_size, val.where)
-    )
+    backbone, head = train_head(ckpt, train, settings)
+    confusion = score(backbone, head, ckpt, val, settings)
     return {"miou": confusion.miou(), "pixel_acc": confusion.pixel_accuracy()}
