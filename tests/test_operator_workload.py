@@ -295,3 +295,17 @@ def test_configuration_from_the_environment():
     (job,) = render(sds(), None, config)
     assert "serviceAccountName" not in job["spec"]["template"]["spec"]
     assert env(job)["FREEATM_METRICS_PORT"] == "9300"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_freeatm_render_prints_valid_objects(path):
+    from typer.testing import CliRunner
+
+    from freeatm.cli.main import app
+
+    result = CliRunner().invoke(app, ["render", "-f", str(path)])
+    assert result.exit_code == 0, result.output
+    objects = [d for d in yaml.safe_load_all(result.output) if d]
+    assert objects and {o["kind"] for o in objects} <= {"Job", "Service"}
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.29", strict=True)
