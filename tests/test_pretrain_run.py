@@ -62,7 +62,10 @@ def test_run_exports_a_backbone(
     monkeypatch.setenv("FREEATM_PROGRESS_FILE", str(tmp_path / "progress.jsonl"))
     monkeypatch.setenv("FREEATM_PROGRESS_INTERVAL", "0")
     out = f"file://{tmp_path}/out"
-    job = pretrain_job(dataset, out, framework=framework, use_masks=use_masks, epochs=2, batchSize=8)
+    workers = 2 if framework == "mim" else 0  # the loader-worker path too
+    job = pretrain_job(
+        dataset, out, framework=framework, use_masks=use_masks, epochs=2, batchSize=8, loaderWorkers=workers
+    )
     outputs = run(job)
     assert outputs == {"uri": out, "checkpointUri": f"{out}/export/backbone.pt"}
     backbone, meta = load_export(out)

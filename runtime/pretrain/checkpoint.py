@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInput
-from ..storage import open_store
+from .data import cached_store
 
 log = logging.getLogger("freeatm.pretrain.checkpoint")
 
@@ -54,7 +54,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(output_uri: str, step: int, state: dict[str, Any]) -> str:
     """Write the checkpoint of `step` (rank 0 only) and prune older ones; return its URI."""
-    store = open_store(output_uri)
+    store = cached_store(output_uri)
     buf = io.BytesIO()
     torch.save({**state, "step": step}, buf)
     key = key_for(step)
@@ -67,7 +67,7 @@ def save(output_uri: str, step: int, state: dict[str, Any]) -> str:
 def steps(output_uri: str) -> list[int]:
     """Steps of the checkpoints under `output_uri`, newest first."""
     found = []
-    for key in open_store(output_uri).list(PREFIX):
+    for key in cached_store(output_uri).list(PREFIX):
         if m := _NAME.match(key):
             found.append(int(m.group(1)))
     return sorted(found, reverse=True)
@@ -76,7 +76,7 @@ def steps(output_uri: str) -> list[int]:
 def load_latest(output_uri: str, spec_digest: str) -> dict[str, Any] | None:
     """The newest readable checkpoint under `output_uri`, or None. Unreadable ones are skipped with a warning;
     one written for another spec is an error (its output location belongs to a different job)."""
-    store = open_store(output_uri)
+    store = cached_store(output_uri)
     for step in steps(output_uri):
         url = store.url(key_for(step))
         try:

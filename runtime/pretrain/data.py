@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import InvalidInput, TransientError
-from ..storage import MissingKey, join, local_path, open_store
+from ..storage import MissingKey, Store, join, local_path, open_store
 
 log = logging.getLogger("freeatm.pretrain.data")
 
@@ -42,6 +43,17 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CROP_TRIES = 10
 SHUFFLE_BUFFER = 256
+
+
+_STORES: dict[tuple[int, str], Store] = {}
+
+
+def cached_store(uri: str) -> Store:
+    """open_store(uri), reused within this process: an S3 client is costly to build (never shared across a fork)."""
+    key = (os.getpid(), uri)
+    if key not in _STORES:
+        _STORES[key] = open_store(uri)
+    return _STORES[key]
 
 
 @dataclass
@@ -127,7 +139,7 @@ def _open_stream(uri: str) -> Any:
     parts = urlsplit(uri)
     if parts.scheme != "s3":
         raise InvalidInput(f"{uri}: cannot stream a shard from {parts.scheme}://")
-    store = open_store(uri.rsplit("/", 1)[0])
+    store = cached_store(uri.rsplit("/", 1)[0])
     key = parts.path.strip("/")
     out = store._call("reading", uri.rsplit("/", 1)[1], store.client.get_object, Bucket=parts.netloc, Key=key)  # type: ignore[attr-defined]
     return out["Body"]

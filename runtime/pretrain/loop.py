@@ -27,10 +27,10 @@ from .. import metrics
 from ..backbones import METADATA_FILE, WEIGHTS_FILE, Backbone, create_backbone, save_export
 from ..errors import InvalidInput
 from ..progress import reporter
-from ..storage import MissingKey, open_store
+from ..storage import MissingKey
 from . import checkpoint
 from .contrastive import ContrastiveModel
-from .data import MEAN, STD, Augment, DatasetInfo, ShardStream, StreamConfig, open_dataset
+from .data import MEAN, STD, Augment, DatasetInfo, ShardStream, StreamConfig, cached_store, open_dataset
 from .distributed import DistInfo, all_gather_object, barrier, setup, teardown
 from .mim import MAEModel
 
@@ -312,7 +312,7 @@ class Trainer:
 
     def finished_export(self) -> bool:
         """True when this very spec already trained to the end and exported (a restarted, finished pod)."""
-        store = open_store(self.output)
+        store = cached_store(self.output)
         try:
             meta = json.loads(store.read_bytes(METADATA_FILE))
         except (MissingKey, ValueError):
@@ -323,7 +323,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to the end (resuming if possible), checkpoint, export; return the job's outputs."""
-        store = open_store(self.output)
+        store = cached_store(self.output)
         outputs = {"uri": self.output, "checkpointUri": store.url(WEIGHTS_FILE)}
         if self.finished_export():
             log.info("%s already holds the finished export of this spec; nothing to do", self.output)
