@@ -83,7 +83,7 @@ def test_shapesbench_probe_random_vs_pretrained_side_by_side_and_resume(
     assert set(rows) == {(c, b, "top1") for c in ("random-init", "freeatm") for b in ("linear-probe", "knn")}
     assert all(0.0 <= v <= 1.0 for v in rows.values())
     report = (out / "report.md").read_text()
-    assert "| benchmark | metric | random-init | freeatm |" in report
+    assert "| benchmark | metric | random-init | freeatm | Δ (freeatm − random-init) |" in report
     assert "| linear-probe | top1 |" in report and "![scores](plots/scores.png)" in report
     assert "maskAwareCrop, objectContrast" in report  # which fixes the checkpoint was trained with
     assert (out / "plots" / "scores.png").read_bytes().startswith(b"\x89PNG")

@@ -23,8 +23,11 @@ def markdown_table(rows: list[dict[str, Any]], checkpoints: list[str]) -> str:
         if key not in keys:
             keys.append(key)
         values[(r["benchmark"], r["metric"], r["checkpoint"])] = r["value"]
+    delta = len(checkpoints) == 2  # baseline vs one variant: show the difference too
     header = "| benchmark | metric | " + " | ".join(_cell(c) for c in checkpoints) + " |"
-    lines = [header, "|---|---|" + "---:|" * len(checkpoints)]
+    if delta:
+        header += f" Δ ({_cell(checkpoints[1])} − {_cell(checkpoints[0])}) |"
+    lines = [header, "|---|---|" + "---:|" * (len(checkpoints) + delta)]
     for bench, metric in keys:
         present = [values[(bench, metric, c)] for c in checkpoints if (bench, metric, c) in values]
         best = max(present) if len(present) > 1 else None
@@ -33,6 +36,9 @@ def markdown_table(rows: list[dict[str, Any]], checkpoints: list[str]) -> str:
             v = values.get((bench, metric, c))
             text = "–" if v is None else f"{v:.4f}"
             cells.append(f"**{text}**" if v is not None and v == best else text)
+        if delta:
+            a, b = (values.get((bench, metric, c)) for c in checkpoints)
+            cells.append("–" if a is None or b is None else f"{b - a:+.4f}")
         lines.append(f"| {bench} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
