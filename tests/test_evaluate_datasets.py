@@ -205,3 +205,11 @@ def test_voc_from_s3_is_synced_to_the_cache(tmp_path: Path, monkeypatch: pytest.
         assert split.samples[0].load_mask().shape == (48, 48)  # type: ignore[misc]
         with pytest.raises(InvalidInput, match=r"s3://bench/data/nothing is empty or does not exist"):
             open_split("voc", "s3://bench/data/nothing", "val", "segmentation")
+
+
+def test_missing_image_fails_when_the_split_is_opened(tmp_path: Path) -> None:
+    root = fx.make_voc(tmp_path / "voc", per_split=2)
+    image = sorted((root / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))[-1]
+    image.unlink()
+    with pytest.raises(InvalidInput, match=rf"{image.name}: image file missing"):
+        open_split("voc", uri(root), "val", "detection")

@@ -168,6 +168,13 @@ def read_label_png(path: Path) -> np.ndarray:
         raise InvalidInput(f"{path}: corrupt or empty annotation ({e})") from e
 
 
+def _exists(path: Path) -> Path:
+    """`path`, checked while the annotations are read (a missing image fails before any work starts)."""
+    if not path.is_file():
+        raise InvalidInput(f"{path}: image file missing (listed in the annotations)")
+    return path
+
+
 def _check_labels(labels: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
     bad = (labels != IGNORE) & ((labels < 0) | (labels >= num_classes))
     if bad.any():
@@ -268,7 +275,7 @@ def _voc(root: Path, split: str, task: Task) -> Split:
             samples.append(
                 Sample(
                     image_id,
-                    lambda p=voc / "JPEGImages" / f"{image_id}.jpg": read_rgb(p),
+                    lambda p=_exists(voc / "JPEGImages" / f"{image_id}.jpg"): read_rgb(p),
                     load_mask=lambda p=mask_path: _check_labels(read_label_png(p), len(classes), p),
                 )
             )
@@ -310,7 +317,7 @@ def _voc_detection_sample(voc: Path, image_id: str) -> Sample:
         raise InvalidInput(f"{path}: corrupt annotation ({e})") from e
     return Sample(
         image_id,
-        lambda p=voc / "JPEGImages" / f"{image_id}.jpg": read_rgb(p),
+        lambda p=_exists(voc / "JPEGImages" / f"{image_id}.jpg"): read_rgb(p),
         boxes=boxes,
         box_labels=labels,
         crowd=crowd,
@@ -370,7 +377,7 @@ def _coco(root: Path, split: str, task: Task) -> Split:
             samples = [
                 Sample(
                     str(image_id),
-                    lambda p=image_dir / im["file_name"]: read_rgb(p),
+                    lambda p=_exists(image_dir / im["file_name"]): read_rgb(p),
                     captions=[str(a["caption"]).strip() for a in per_image[image_id]],
                     size=(int(im["height"]), int(im["width"])) if "height" in im else None,
                 )
@@ -398,7 +405,7 @@ def _coco(root: Path, split: str, task: Task) -> Split:
             samples.append(
                 Sample(
                     str(image_id),
-                    lambda p=image_dir / im["file_name"]: read_rgb(p),
+                    lambda p=_exists(image_dir / im["file_name"]): read_rgb(p),
                     boxes=boxes,
                     box_labels=labels,
                     crowd=crowd,
