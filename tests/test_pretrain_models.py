@@ -123,3 +123,27 @@ def test_mae_without_masks_is_plain_mae() -> None:
     assert set(parts) == {"reconstructionLoss"}
     with pytest.raises(ValueError, match="ViT"):
         MAEModel(create_backbone("resnet18", 32))
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "lars"])
+def test_optimizers_minimise_and_schedule_warms_up_then_decays(name: str) -> None:
+    from freeatm.runtime.pretrain.loop import make_optimizer, make_schedule
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 1))
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    opt = make_optimizer(model, name, lr=0.05 if name != "lars" else 1.0, weight_decay=1e-4)
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 4]  # weights decay; biases and norms don't
+    schedule = make_schedule(opt, warmup=5, total=60, kind="cosine")
+    lrs, first = [], None
+    for _ in range(60):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        schedule.step()
+    assert float(loss.detach()) < first
+    peak = max(lrs)
+    assert lrs.index(peak) == 4 and lrs[0] == pytest.approx(peak / 5) and lrs[-1] < peak * 0.01

@@ -48,6 +48,8 @@ def spec_digest(resource: MaskPretrainJob) -> str:
     spec = resource.spec.to_wire()
     relevant = {k: spec.get(k) for k in ("dataset", "method", "backbone", "training")}
     relevant["dataset"] = {"uri": resource.spec.dataset.uri}
+    for operational in ("loaderWorkers", "checkpointEvery"):  # change how, not what, is trained
+        relevant["training"].pop(operational, None)
     text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
@@ -175,6 +177,8 @@ class Trainer:
                 object_loss_weight=self.method.object_loss_weight,
             )
         else:
+            if not self.backbone.is_vit:
+                raise InvalidInput(f"framework mim (MAE) needs a ViT backbone, not {spec.backbone}")
             self.model = MAEModel(
                 self.backbone,
                 mask_ratio=self.method.mask_ratio,
