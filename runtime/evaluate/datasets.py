@@ -14,7 +14,10 @@ label maps are decoded on demand. One reader per format:
 - ``cityscapes``   ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with
                    ``gtFine/<split>/<city>/*_gtFine_labelIds.png``, mapped to the 19 train ids (255 = ignore)
 - ``shapes``       ``toy://shapesbench/<split>[?images=N&size=S]``: ShapesBench scenes rendered on the fly
-                   (:mod:`freeatm.runtime.shapes`); the image label is the shape of the largest object
+                   (:mod:`freeatm.runtime.shapes`); the image label is the shape of the largest object,
+                   segmentation classes are background + the three shapes, boxes are the objects' extents.
+                   Splits train/val/test are disjoint streams (seeds 1000/1001/1002; default 512/256/256
+                   images of 32 px); the URI's path names the scored split, the probe trains on trainSplit
 
 Dataset URIs on s3:// are copied to the local cache first (:func:`freeatm.runtime.storage.sync_to_cache`).
 Every problem with the data raises :class:`InvalidInput` naming the file at fault.
@@ -510,7 +513,6 @@ def _shapes(uri: str, split: str, task: Task) -> Split:
     parts = urlsplit(uri)
     if parts.scheme != "toy" or parts.netloc != "shapesbench":
         raise InvalidInput(f"{uri}: format shapes reads toy://shapesbench/<split>")
-    # toy://shapesbench/val names the split scored; the train split of the same stream is toy://shapesbench/train.
     if split not in SHAPES_SEEDS:
         raise InvalidInput(f"{uri}: ShapesBench split {split!r} not found; it has: {', '.join(SHAPES_SEEDS)}")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}

@@ -3,7 +3,9 @@ tower is trained on the fly on the training split's captions.
 
 Backbones exported by freeatm are image-only, so the text tower is always learnt here: a word-level vocabulary
 from the training captions, mean-pooled word embeddings and a linear map into a shared 128-d space beside a
-linear projection of the frozen global image features, trained with the symmetric CLIP loss. Recall counts a
+linear projection of the frozen global image features, trained with the symmetric CLIP loss. The text tower is
+a bag of words (it cannot tell "a red circle and a blue square" from "a blue circle and a red square"): the
+score compares image features under one fixed, weak text model, it is not a CLIP-grade number. Recall counts a
 hit when a retrieved caption (image->text) or image (text->image) carries the same caption text, so identical
 captions of different images are not counted as misses. The row value is the mean of both directions.
 """
@@ -83,9 +85,10 @@ def run_retrieval(ckpt: Checkpoint, train: Split, val: Split, settings: Settings
             zi = embed_images(train_x[img_idx[batch]])
             zt = text.encode([train_cap[j] for j in batch.tolist()])
             logits = zi @ zt.T / TEMPERATURE
-            # Pairs with the same caption are positives of each other; soft targets avoid contradicting ones.
+            # Pairs of the same image or the same caption text are positives of each other (soft targets).
+            ids = batch.tolist()
             same = torch.tensor(
-                [[train_cap[a] == train_cap[b] for b in batch.tolist()] for a in batch.tolist()]
+                [[train_img[a] == train_img[b] or train_cap[a] == train_cap[b] for b in ids] for a in ids]
             ).float()
             target = same / same.sum(1, keepdim=True)
             loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
