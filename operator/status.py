@@ -116,6 +116,9 @@ def _phase(current: dict[str, Any], obs: Observation) -> tuple[str, str, str]:
         if finished == "Failed":
             cond = job_condition(job, "Failed") or job_condition(job, "FailureTarget") or {}
             reason = JOB_FAILURE_REASONS.get(cond.get("reason", ""), "JobFailed")
+            ready = get_condition(current.get("conditions"), "Ready") or {}
+            if not obs.pod_results and current.get("phase") == "Failed" and ready.get("reason") == reason:
+                return "Failed", reason, ready.get("message", "")  # pods are read once, when the Job fails
             return "Failed", reason, failure_message(job, obs.pod_results)
         if (job.get("spec") or {}).get("suspend"):
             if obs.suspend:

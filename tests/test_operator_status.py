@@ -218,3 +218,10 @@ def test_events_on_transitions_only():
         T0,
     )
     assert obj["involvedObject"]["uid"] == "u" and obj["metadata"]["name"].startswith("e.")
+
+
+def test_failure_message_survives_later_passes_without_pods():
+    failed = desired_status({}, CASES["bad-input"])
+    later = desired_status(failed, Observation(generation=1, now=T1, job=CASES["bad-input"].job))
+    assert status_patch(failed, later) == {}
+    assert "model uri not found" in get_condition(later["conditions"], "Failed")["message"]
