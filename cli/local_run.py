@@ -156,22 +156,14 @@ def run_pipeline(manifests: Manifests, workdir_path: Path, force: bool, console:
 def run_stage(
     stage: Stage, resolved: Resource, workdir: Workdir, console: Console
 ) -> tuple[int, dict[str, Any]]:
-    """Run one stage's runtime subprocess with a progress bar; return its exit code and result."""
+    """Run one stage's runtime subprocesses with a progress bar; return the exit code and the stage's result.
+
+    A SyntheticDataset with several workers runs like its Indexed Job: one process per completion index, in
+    parallel, each owning a range of shards; the last to finish writes the manifest and reports its digest.
+    """
     spec_file = workdir.path("specs", stage, ".json")
     spec_file.write_text(json.dumps(resolved.to_wire(), indent=2))
-    progress_file, result_file = (
-        workdir.path("progress", stage, ".jsonl"),
-        workdir.path("results", stage, ".json"),
-    )
-    for f in (progress_file, result_file):
-        f.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "FREEATM_PROGRESS_FILE": str(progress_file),
-        "FREEATM_RESULT_FILE": str(result_file),
-        "FREEATM_PROGRESS_INTERVAL": PROGRESS_INTERVAL,
-        "FREEATM_CACHE_DIR": str(workdir.root / "cache"),
-    }
+    workers = resolved.spec.workers if stage.kind == "SyntheticDataset" else 1  # type: ignore[attr-defined]
     command = [
         sys.executable,
         "-m",
@@ -180,6 +172,7 @@ def run_stage(
         "--spec",
         str(spec_file),
     ]
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -189,48 +182,79 @@ def run_stage(
         TimeRemainingColumn(),
         TextColumn("{task.fields[detail]}"),
     )
+    children: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
     with workdir.path("logs", stage, ".log").open("w") as log, Progress(*columns, console=console) as bars:
         task = bars.add_task(f"{stage.kind}/{stage.name}", total=None, unit="", detail="starting")
-        child = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        seen = 0
+        for index in range(workers):
+            suffix = f"-{index}" if workers > 1 else ""
+            progress_file = workdir.path("progress", stage, f"{suffix}.jsonl")
+            result_file = workdir.path("results", stage, f"{suffix}.json")
+            for f in (progress_file, result_file):
+                f.unlink(missing_ok=True)
+            env = {
+                **os.environ,
+                "FREEATM_PROGRESS_FILE": str(progress_file),
+                "FREEATM_RESULT_FILE": str(result_file),
+                "FREEATM_PROGRESS_INTERVAL": PROGRESS_INTERVAL,
+                "FREEATM_CACHE_DIR": str(workdir.root / "cache"),
+                "OMP_NUM_THREADS": threads,
+            }
+            if workers > 1:
+                env["JOB_COMPLETION_INDEX"] = str(index)
+            child = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+            children.append((child, progress_file, result_file))
         try:
-            while child.poll() is None:
+            while any(c.poll() is None for c, _, _ in children):
                 time.sleep(0.2)
-                seen = _follow(progress_file, seen, bars, task)
+                _show([p for _, p, _ in children], bars, task)
         except KeyboardInterrupt:
-            os.killpg(child.pid, signal.SIGINT)
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
+            for child, _, _ in children:
+                if child.poll() is None:
+                    os.killpg(child.pid, signal.SIGINT)
+            for child, _, _ in children:
+                try:
+                    child.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
             raise
-        _follow(progress_file, seen, bars, task)
-    result = json.loads(result_file.read_text()) if result_file.exists() else {}
-    return child.returncode, result
+        _show([p for _, p, _ in children], bars, task)
+    results = [json.loads(r.read_text()) if r.exists() else {} for _, _, r in children]
+    failed = [(c.returncode, res) for (c, _, _), res in zip(children, results, strict=True) if c.returncode]
+    if failed:
+        return failed[0]
+    return 0, max(
+        results, key=len
+    )  # the worker that completed the dataset reports the most (its manifest digest)
 
 
-def _follow(progress_file: Path, seen: int, bars: Progress, task: Any) -> int:
-    """Apply the progress lines written since `seen` to the bar; return how many lines were read."""
-    if not progress_file.exists():
-        return seen
-    lines = progress_file.read_text().splitlines()
-    for line in lines[seen:]:
-        try:
-            p = json.loads(line)
-        except json.JSONDecodeError:
-            return seen  # a line still being written
-        detail = " ".join(
-            f"{k} {p[k]:.4g}" if isinstance(p[k], float) else f"{k} {p[k]}"
-            for k in ("epoch", "loss", "message")
-            if k in p
-        )
-        bars.update(
-            task, completed=p.get("done"), total=p.get("total"), unit=p.get("unit", ""), detail=detail
-        )
-        seen += 1
-    return seen
+def _show(progress_files: list[Path], bars: Progress, task: Any) -> None:
+    """Show the newest progress line of each process, summed over the processes."""
+    latest = []
+    for path in progress_files:
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in reversed(lines):
+            try:
+                latest.append(json.loads(line))
+                break
+            except json.JSONDecodeError:  # a line still being written
+                continue
+    if not latest:
+        return
+    last = latest[-1]
+    detail = " ".join(
+        f"{k} {last[k]:.4g}" if isinstance(last[k], float) else f"{k} {last[k]}"
+        for k in ("epoch", "loss", "message")
+        if k in last
+    )
+    bars.update(
+        task,
+        completed=sum(p.get("done", 0) for p in latest),
+        total=sum(p.get("total", 0) for p in latest),
+        unit=last.get("unit", ""),
+        detail=detail,
+    )
 
 
 def results_table(workdir_path: Path) -> Table | None:
