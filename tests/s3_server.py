@@ -4,6 +4,8 @@
         os.environ.update(server.env)        # AWS_ENDPOINT_URL, keys, region
         server.create_bucket("data")
 
+Every bucket is a SeaweedFS collection that grows its own volumes (several at once), so the server allows
+many small volumes: without that, the third or fourth bucket fails with "No writable volumes" (InternalError).
 `weed` ignores SIGTERM, so it is stopped with SIGKILL by PID (its own process group, nothing else). When the
 binary is missing or does not come up, `seaweedfs()` raises `S3Unavailable` (tests skip on it). `moto_server()`
 is the fallback: moto's S3 emulation in server mode, also a real HTTP endpoint.
@@ -140,7 +142,7 @@ def seaweedfs(workdir: Path, timeout: float = 60.0) -> Iterator[S3Server]:
     cmd = [
         weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-        "-s3", f"-s3.port={s3}", "-s3.iam=false", "-volume.max=20", "-master.volumeSizeLimitMB=64",
+        "-s3", f"-s3.port={s3}", "-s3.iam=false", "-volume.max=300", "-master.volumeSizeLimitMB=16",
         "-master.telemetry=false",
     ]  # fmt: skip
     with log.open("wb") as out:
