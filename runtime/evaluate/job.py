@@ -214,7 +214,13 @@ def _run_one(ckpt: Checkpoint, bench: Benchmark, train: Split, val: Split, diges
     )
     torch.manual_seed(settings.seed)
     start = time.monotonic()
-    scores = PROTOCOLS[bench.name][1](ckpt, train, val, settings)
+    try:
+        scores = PROTOCOLS[bench.name][1](ckpt, train, val, settings)
+    except torch.OutOfMemoryError as e:  # a retry on the same machine cannot help
+        raise InvalidInput(
+            f"benchmark {bench.key()} on checkpoint {ckpt.label} ran out of memory at batchSize "
+            f"{settings.batch_size}, imageSize {settings.image_size}: lower them or set maxImages"
+        ) from e
     seconds = time.monotonic() - start
     EVAL_SECONDS.labels(protocol=bench.name).observe(seconds)
     all_settings = {
