@@ -3,8 +3,8 @@
 Reading. `open_dataset` reads and checks manifest.json (docs/dataset-format.md). Every process (rank) and every
 loader worker inside it reads its own part: with at least as many shards as ranks, rank r reads shards r,
 r+world, …; with fewer shards than ranks every rank reads all shards and keeps the samples whose index ≡ rank
-(mod world) — disjoint either way. Shards stream from file://, pvc:// or s3:// through webdataset's tar
-iterators; nothing is copied to disk first.
+(mod world) — disjoint either way. Shards stream through webdataset's tar iterators: file:// and pvc:// straight
+from disk, s3:// one shard at a time into a spooled buffer (memory, spilling to disk above 64 MiB).
 
 Determinism. The order of an epoch is a function of (seed, epoch, rank, worker) and a batch's augmentation a
 function of (seed, epoch, rank, global batch index), so a resumed run skips the batches it already trained on
@@ -24,6 +24,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,10 +141,24 @@ def _open_stream(uri: str) -> Any:
     parts = urlsplit(uri)
     if parts.scheme != "s3":
         raise InvalidInput(f"{uri}: cannot stream a shard from {parts.scheme}://")
+    # Fetched in one go into a spooled file (memory up to 64 MiB, then disk): an S3 connection held open while
+    # the model trains between reads could be closed by the server mid-shard.
     store = cached_store(uri.rsplit("/", 1)[0])
-    key = parts.path.strip("/")
-    out = store._call("reading", uri.rsplit("/", 1)[1], store.client.get_object, Bucket=parts.netloc, Key=key)  # type: ignore[attr-defined]
-    return out["Body"]
+    name = uri.rsplit("/", 1)[1]
+    spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 (returned open; iter_raw closes it)
+    try:
+        body = store._call(
+            "reading", name, store.client.get_object, Bucket=parts.netloc, Key=parts.path.strip("/")
+        )  # type: ignore[attr-defined]
+        shutil.copyfileobj(body["Body"], spool, 1 << 20)
+    except (InvalidInput, TransientError):
+        spool.close()
+        raise
+    except Exception as e:  # the connection broke while reading
+        spool.close()
+        raise TransientError(f"reading shard {uri} failed: {type(e).__name__}: {e}") from e
+    spool.seek(0)
+    return spool
 
 
 def iter_raw(
