@@ -110,7 +110,7 @@ def test_mae_switches(guided: bool, weighted: bool) -> None:
     batch = {"image": torch.randn(4, 3, 64, 64), "mask": labels}
     model.generator = torch.Generator().manual_seed(0)
     loss, parts = model(batch)
-    assert loss > 0 and math.isfinite(float(loss))
+    assert float(loss.detach()) > 0 and math.isfinite(float(loss.detach()))
     if guided:
         assert parts["maskedObjectShare"] == 1.0
     loss.backward()
