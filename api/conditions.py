@@ -1,109 +1,111 @@
-"""Phase → conditions: how a phase reads as kstatus (Ready, Reconciling, Stalled) and freeatm conditions.
+"""metav1.Condition bookkeeping and how a phase reads as conditions, for the operator and local mode alike.
 
-One mapping for the operator and local mode, so Flux, Argo CD and `freeatm run` read a status the same way.
+kstatus (Flux, Argo CD) reads Ready, Reconciling and Stalled; freeatm adds Complete, Failed and Suspended
+(each derived from the phase here) and DependenciesReady (set by whoever resolves dependencies). A condition's
+lastTransitionTime changes only when its status changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
-from .status import Condition, Status
+from .status import CONDITION_TYPES, Status
 
-# For each phase: condition type → status. Types left out keep their last value (e.g. DependenciesReady).
-_MATRIX: dict[str, dict[str, str]] = {
-    "Pending": {
-        "Ready": "False",
-        "Reconciling": "True",
-        "Stalled": "False",
-        "Complete": "False",
-        "Failed": "False",
-        "Suspended": "False",
-    },
-    "Waiting": {
-        "Ready": "False",
-        "Reconciling": "True",
-        "Stalled": "False",
-        "DependenciesReady": "False",
-        "Complete": "False",
-        "Failed": "False",
-        "Suspended": "False",
-    },
-    "Running": {
-        "Ready": "False",
-        "Reconciling": "True",
-        "Stalled": "False",
-        "DependenciesReady": "True",
-        "Complete": "False",
-        "Failed": "False",
-        "Suspended": "False",
-    },
-    "Succeeded": {
-        "Ready": "True",
-        "Reconciling": "False",
-        "Stalled": "False",
-        "DependenciesReady": "True",
-        "Complete": "True",
-        "Failed": "False",
-        "Suspended": "False",
-    },
-    "Failed": {
-        "Ready": "False",
-        "Reconciling": "False",
-        "Stalled": "True",
-        "Complete": "False",
-        "Failed": "True",
-        "Suspended": "False",
-    },
-    "Suspended": {
-        "Ready": "False",
-        "Reconciling": "False",
-        "Stalled": "False",
-        "Complete": "False",
-        "Failed": "False",
-        "Suspended": "True",
-    },
-}
+ACTIVE_PHASES = ("Pending", "Waiting", "Running")
 
 
 def now() -> str:
+    """The current time in RFC 3339 (seconds, UTC)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def get_condition(conditions: Iterable[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    for c in conditions or ():
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+def is_true(conditions: Iterable[dict[str, Any]] | None, type_: str) -> bool:
+    c = get_condition(conditions, type_)
+    return bool(c and c.get("status") == "True")
+
+
 def set_condition(
-    status: Status, type_: str, value: str, reason: str, message: str, generation: int | None
-) -> None:
-    """Set one condition in place; lastTransitionTime changes only when its status changes."""
-    for i, c in enumerate(status.conditions):
-        if c.type == type_:
-            since = c.last_transition_time if c.status == value else now()
-            status.conditions[i] = Condition(
-                type=type_,
-                status=value,
-                reason=reason,
-                message=message,
-                last_transition_time=since,
-                observed_generation=generation,
-            )
-            return
-    status.conditions.append(
-        Condition(
-            type=type_,
-            status=value,
-            reason=reason,
-            message=message,
-            last_transition_time=now(),
-            observed_generation=generation,
-        )
-    )
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    at: str,
+) -> list[dict[str, Any]]:
+    """A copy of `conditions` with `type_` set; lastTransitionTime kept while the status stays the same."""
+    old = get_condition(conditions, type_)
+    new: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": old["lastTransitionTime"]
+        if old and old.get("status") == status and old.get("lastTransitionTime")
+        else at,
+    }
+    if generation is not None:
+        new["observedGeneration"] = generation
+    out = [c for c in (conditions or []) if c.get("type") != type_]
+    out.append(new)
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(out, key=lambda c: order.get(c.get("type", ""), len(order)))
+
+
+def phase_conditions(
+    conditions: list[dict[str, Any]] | None,
+    phase: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    at: str,
+) -> list[dict[str, Any]]:
+    """`conditions` with Ready, Reconciling, Stalled, Complete, Failed and Suspended set for `phase`."""
+    active, failed = phase in ACTIVE_PHASES, phase == "Failed"
+    succeeded, suspended = phase == "Succeeded", phase == "Suspended"
+    rules = [
+        ("Ready", succeeded, reason, message),
+        ("Reconciling", active, reason, message if active else ""),
+        ("Stalled", failed, reason, message if failed else ""),
+        ("Complete", succeeded, reason if succeeded else "NotComplete", message if succeeded else ""),
+        ("Failed", failed, reason if failed else "NotFailed", message if failed else ""),
+        ("Suspended", suspended, "Suspended" if suspended else "NotSuspended", message if suspended else ""),
+    ]
+    out = list(conditions or [])
+    for type_, value, why, text in rules:
+        out = set_condition(out, type_, "True" if value else "False", why, text, generation, at)
+    return out
 
 
 def with_phase(
     status: Status, phase: str, reason: str, message: str = "", generation: int | None = None
 ) -> Status:
-    """A copy of `status` in `phase`, its conditions updated; `reason` and `message` say why."""
-    out = status.model_copy(deep=True)
-    out.phase = phase  # type: ignore[assignment]
-    out.observed_generation = generation
-    for type_, value in _MATRIX[phase].items():
-        set_condition(out, type_, value, reason, message, generation)
-    return out
+    """A copy of `status` in `phase` with its conditions updated (local mode's status writer)."""
+    wire = status.to_wire()
+    at = now()
+    conditions = phase_conditions(wire.get("conditions"), phase, reason, message, generation, at)
+    if phase in ("Running", "Succeeded"):
+        conditions = set_condition(
+            conditions,
+            "DependenciesReady",
+            "True",
+            "DependenciesSucceeded",
+            "all dependencies Succeeded",
+            generation,
+            at,
+        )
+    elif phase == "Waiting" or reason == "DependencyFailed":
+        conditions = set_condition(conditions, "DependenciesReady", "False", reason, message, generation, at)
+    wire.update(phase=phase, conditions=conditions)
+    if generation is not None:
+        wire["observedGeneration"] = generation
+    return Status.model_validate(wire)

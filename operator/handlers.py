@@ -19,9 +19,9 @@ import kopf
 from pydantic import ValidationError
 
 from freeatm.api import GROUP, KINDS, VERSION, parse_resource
+from freeatm.api.conditions import now as now_rfc3339
 
 from . import metrics
-from .conditions import now_rfc3339
 from .dependencies import DEPENDENCY_REASONS, Summary
 from .events import Event, event_object
 from .kube import resource_path

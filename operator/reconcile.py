@@ -18,9 +18,10 @@ import kopf
 from pydantic import ValidationError
 
 from freeatm.api import Resource, error_lines, parse_resource
+from freeatm.api.conditions import get_condition
+from freeatm.api.conditions import now as now_rfc3339
 
 from . import metrics
-from .conditions import get_condition, now_rfc3339
 from .config import OperatorConfig
 from .dependencies import Lookup, evaluate
 from .events import Event, transition_event

@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from freeatm.api import Outputs
+from freeatm.api.conditions import get_condition, phase_conditions, set_condition
 
-from .conditions import get_condition, set_condition
 from .dependencies import Verdict
 
 # Job failure reasons → the resource's reason.
@@ -160,14 +160,7 @@ def desired_status(current: dict[str, Any] | None, obs: Observation) -> dict[str
         nonlocal conds
         conds = set_condition(conds, type_, status, why, msg, gen, now)
 
-    cond("Ready", "True" if phase == "Succeeded" else "False", reason, message)
-    cond(
-        "Reconciling",
-        "True" if phase in ("Pending", "Waiting", "Running") else "False",
-        reason,
-        message if phase in ("Pending", "Waiting", "Running") else "",
-    )
-    cond("Stalled", "True" if phase == "Failed" else "False", reason, message if phase == "Failed" else "")
+    conds = phase_conditions(conds, phase, reason, message, gen, now)
     v = obs.verdict
     if obs.invalid is not None:
         cond("DependenciesReady", "Unknown", "InvalidSpec", "the spec is invalid")
@@ -177,24 +170,6 @@ def desired_status(current: dict[str, Any] | None, obs: Observation) -> dict[str
             cond("DependenciesReady", "True", "DependenciesSucceeded", "all dependencies Succeeded")
     elif v is not None:
         cond("DependenciesReady", "True" if v.ready else "False", v.reason, v.message)
-    cond(
-        "Complete",
-        "True" if phase == "Succeeded" else "False",
-        reason if phase == "Succeeded" else "NotComplete",
-        message if phase == "Succeeded" else "",
-    )
-    cond(
-        "Failed",
-        "True" if phase == "Failed" else "False",
-        reason if phase == "Failed" else "NotFailed",
-        message if phase == "Failed" else "",
-    )
-    cond(
-        "Suspended",
-        "True" if phase == "Suspended" else "False",
-        "Suspended" if phase == "Suspended" else "NotSuspended",
-        message if phase == "Suspended" else "",
-    )
 
     status: dict[str, Any] = {"phase": phase, "conditions": conds}
     if gen is not None:

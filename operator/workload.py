@@ -14,7 +14,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from freeatm.api import KINDS, EvalJob, MaskPretrainJob, Resource, SyntheticDataset, parse_resource
+from freeatm.api import KINDS, MaskPretrainJob, Outputs, Resource, SyntheticDataset, parse_resource
+from freeatm.api.resolve import UnresolvedReference
+from freeatm.api.resolve import resolve as resolve_references
 from freeatm.runtime.errors import EXIT_INVALID
 
 from .config import OperatorConfig
@@ -33,9 +35,7 @@ JOB_SUFFIX = {"SyntheticDataset": "gen", "MaskPretrainJob": "train", "EvalJob": 
 
 DependencyOutputs = Mapping[tuple[str, str], Mapping[str, Any]]
 
-
-class MissingDependencyOutput(ValueError):
-    """A dependency has no output URI to hand over (it has not Succeeded, or wrote no outputs)."""
+MissingDependencyOutput = UnresolvedReference  # a ref whose dependency has no outputs.uri yet
 
 
 def job_name(kind: str, name: str) -> str:
@@ -72,30 +72,13 @@ def _generation(resource: Resource) -> int | None:
 
 def resolve(resource: Resource, dependency_outputs: DependencyOutputs | None = None) -> dict[str, Any]:
     """The resolved manifest the runtime reads: every `ref` replaced by the dependency's output URI."""
-    outputs = dependency_outputs or {}
-    doc = resource.to_wire()
+    outputs = {key: Outputs.model_validate(out) for key, out in (dependency_outputs or {}).items()}
+    doc = resolve_references(resource, outputs).to_wire()
     doc.pop("status", None)
     meta = resource.metadata
     doc["metadata"] = {"name": meta.name, **({"namespace": meta.namespace} if meta.namespace else {})}
     if meta.labels:
         doc["metadata"]["labels"] = dict(meta.labels)
-    spec = doc["spec"]
-
-    def uri_of(kind: str, name: str) -> str:
-        uri = (outputs.get((kind, name)) or {}).get("uri")
-        if not uri:
-            raise MissingDependencyOutput(f"{kind}/{name} has no status.outputs.uri yet")
-        return str(uri)
-
-    if isinstance(resource, MaskPretrainJob) and resource.spec.dataset.ref:
-        spec["dataset"]["uri"] = uri_of("SyntheticDataset", resource.spec.dataset.ref)
-        spec["dataset"].pop("ref", None)
-    if isinstance(resource, EvalJob):
-        for source, wire in zip(resource.spec.checkpoints, spec["checkpoints"], strict=True):
-            if source.ref:
-                wire["uri"] = uri_of("MaskPretrainJob", source.ref)
-                wire.setdefault("label", source.ref)
-                wire.pop("ref", None)
     return doc
 
 

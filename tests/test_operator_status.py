@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from openapi_schema_validator import OAS30Validator
 
+from freeatm.api.conditions import get_condition, set_condition
 from freeatm.api.crd import crd_for
-from freeatm.operator.conditions import get_condition, set_condition
 from freeatm.operator.dependencies import evaluate, find_cycle
 from freeatm.operator.events import event_object, transition_event
 from freeatm.operator.status import Observation, desired_status, outputs_from, parse_pod_result, status_patch
