@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -194,22 +193,17 @@ def test_unwritable_output(model_uri, tmp_path) -> None:  # type: ignore[no-unty
         generate.run(resource(model_uri, f"file://{blocker}/ds", generation={"images": 8, "shardSize": 8}))
 
 
-def test_cli_exit_code_for_bad_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_exit_code_for_bad_model(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from freeatm.runtime.cli import main
+
     res = resource("toy://no-such-model", f"file://{tmp_path}/ds", generation={"images": 8, "shardSize": 8})
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(res.model_dump(mode="json", by_alias=True, exclude_none=True)))
-    env = {**os.environ, "FREEATM_RESULT_FILE": str(tmp_path / "result.json")}
-    done = subprocess.run(
-        [sys.executable, "-m", "freeatm.runtime.cli", "generate", "--spec", str(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 65, done.stderr[-2000:]
-    assert "unknown toy model" in done.stderr
+    monkeypatch.setenv("FREEATM_RESULT_FILE", str(tmp_path / "result.json"))
+    assert main(["generate", "--spec", str(spec)]) == 65
+    assert "unknown toy model" in capsys.readouterr().err
     assert json.loads((tmp_path / "result.json").read_text())["exitCode"] == 65
-    assert not Path(tmp_path / "ds" / "shards").exists() or not any((tmp_path / "ds" / "shards").iterdir())
+    assert not any((tmp_path / "ds").rglob("*.tar"))
 
 
 def test_progress_and_metrics(model_uri, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -220,7 +214,11 @@ def test_progress_and_metrics(model_uri, tmp_path, monkeypatch) -> None:  # type
     monkeypatch.setenv("FREEATM_PROGRESS_INTERVAL", "0")
     images_before = metrics.IMAGES_GENERATED._value.get()
     coverage_before = metrics.MASK_COVERAGE._sum.get()
-    generate.run(resource(model_uri, f"file://{tmp_path}/ds", generation={"images": 12, "shardSize": 8, "batchSize": 4}))
+    generate.run(
+        resource(
+            model_uri, f"file://{tmp_path}/ds", generation={"images": 12, "shardSize": 8, "batchSize": 4}
+        )
+    )
     lines = [json.loads(line) for line in progress.read_text().splitlines()]
     assert lines[0]["done"] == 0 and lines[-1]["done"] == lines[-1]["total"] == 12
     assert [line["images"] for line in lines] == [0, 4, 8, 12]
