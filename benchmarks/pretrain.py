@@ -2,6 +2,7 @@
 object term) and MIM (MAE ± guided masking and object-weighted loss), on the same data in one run.
 
     python benchmarks/pretrain.py [--images 64] [--batch 8] [--steps 8] [--workers 0]
+    python benchmarks/pretrain.py --gpu --precision bf16 --workers 8 --batch 64 --images 512   # GPU check
 
 Each step is timed end to end in one process (fetching the batch — shard reading, decoding, augmentation — then
 forward, backward, optimiser step; loader workers off by default so the data-side cost of the masks is counted
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from freeatm.api import parse_resource
+from freeatm.runtime.pretrain.distributed import DistInfo
 from freeatm.runtime.pretrain.loop import Trainer
 from freeatm.runtime.study import write_shapes_dataset
 
@@ -39,6 +41,7 @@ def job(
     batch: int,
     workers: int,
     extra: dict,
+    precision: str = "fp32",
 ):
     method = {"framework": framework, "useMasks": use_masks}
     if use_masks:
@@ -52,7 +55,14 @@ def job(
                 "dataset": {"uri": dataset},
                 "method": method,
                 "backbone": backbone,
-                "training": {"epochs": 100, "batchSize": batch, "imageSize": size, "loaderWorkers": workers},
+                "training": {
+                    "epochs": 100,
+                    "batchSize": batch,
+                    "imageSize": size,
+                    "loaderWorkers": workers,
+                    "precision": precision,
+                },
+                "distributed": {"gpusPerNode": 1 if precision != "fp32" else 0},
                 "output": {"uri": output},
             },
         }
@@ -77,9 +87,11 @@ def timed_step(trainer: Trainer, batches) -> tuple[float, float]:
 def compare(dataset: str, tmp: Path, framework: str, backbone: str, size: int, args, extra: dict) -> dict:
     """Median images/s of baseline and mask-guided, their steps interleaved one by one (order alternating)."""
     variants = ("baseline", "guided")
+    device = torch.device("cuda" if args.gpu else "cpu")
+    dist = DistInfo(0, 1, 0, device)
     trainers = {
         v: Trainer(job(dataset, f"file://{tmp}/{framework}-{v}", framework, v == "guided", backbone, size,
-                       args.batch, args.workers, extra))
+                       args.batch, args.workers, extra, args.precision), dist)
         for v in variants
     }  # fmt: skip
     batches = {v: endless(trainers[v]) for v in variants}
@@ -121,6 +133,10 @@ def main() -> int:
     parser.add_argument("--contrastive-size", type=int, default=32)
     parser.add_argument("--mim-backbone", default="vit_tiny")
     parser.add_argument("--mim-size", type=int, default=64)
+    parser.add_argument("--gpu", action="store_true", help="train on CUDA device 0 (the GPU check)")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast (GPU)"
+    )
     parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -128,6 +144,8 @@ def main() -> int:
         "threads 1: immune to other load on a shared machine), else wall",
     )
     args = parser.parse_args()
+    if args.precision != "fp32" and not args.gpu:
+        parser.error("--precision bf16/fp16 needs --gpu")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="freeatm-bench-") as tmp:
         root = Path(tmp)
