@@ -21,18 +21,19 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from freeatm.api import SyntheticDataset
 from freeatm.runtime import metrics
 from freeatm.runtime.errors import InvalidInput, TransientError
-from freeatm.runtime.progress import reporter
+from freeatm.runtime.progress import ProgressReporter, reporter
 from freeatm.runtime.storage import Store, open_store
 
 from .manifest import DatasetContext, check_existing_manifest, done_entry, spec_digest, try_finalize
 from .models import load_pipeline
-from .prompts import check_source, prompt_source
+from .prompts import PromptSource, check_source, prompt_source
 from .sampler import Sampler, sample_seed
 from .shards import (
     entry_name,
@@ -123,27 +124,38 @@ def generate_dataset(resource: SyntheticDataset, worker: int | None = None) -> d
     return outputs
 
 
-def _generate_shard(store, ctx, sampler, source, shard, progress, done, total) -> int:  # type: ignore[no-untyped-def]
+def _generate_shard(
+    store: Store,
+    ctx: DatasetContext,
+    sampler: Sampler,
+    source: PromptSource,
+    shard: int,
+    progress: ProgressReporter,
+    done: int,
+    total: int,
+) -> int:
+    """Generate one shard into a local temporary tar (streamed batch by batch), publish it, then its entry."""
     spec = ctx.spec
     g, a = spec.generation, spec.attention
     indices = list(shard_indices(shard, g.shard_size, g.images))
-    with tempfile.TemporaryDirectory(prefix="freeatm-shard-") as tmp:
-        members: list[tuple[str, bytes]] = []
+
+    def members() -> Iterator[tuple[str, bytes]]:
         for start in range(0, len(indices), g.batch_size):
             batch = indices[start : start + g.batch_size]
             began = time.perf_counter()
-            samples = sampler.generate(
-                [source.item(i) for i in batch], batch, [sample_seed(g.seed, i) for i in batch]
-            )
+            items = [source.item(i) for i in batch]
+            samples = sampler.generate(items, batch, [sample_seed(g.seed, i) for i in batch])
             seconds = (time.perf_counter() - began) / len(batch)
             for sample in samples:
-                members.extend(sample_members(sample, a.modifiers, a.keep_soft_maps))
+                yield from sample_members(sample, a.modifiers, a.keep_soft_maps)
                 metrics.SECONDS_PER_IMAGE.observe(seconds)
                 metrics.MASK_COVERAGE.observe(sample.mask_coverage)
             metrics.IMAGES_GENERATED.inc(len(batch))
             progress.update(done + start + len(batch), images=done + start + len(batch))
+
+    with tempfile.TemporaryDirectory(prefix="freeatm-shard-") as tmp:
         path = Path(tmp) / "shard.tar"
-        write_tar(path, members)
+        write_tar(path, members())
         entry = ctx.entry(shard, len(indices), file_sha256(path), path.stat().st_size)
         store.upload(path, shard_name(shard))  # atomic: visible only once complete
     store.write_bytes(entry_name(shard), json.dumps(entry, sort_keys=True).encode())
