@@ -259,3 +259,19 @@ def test_streaming_equals_cached_features(tmp_path: Path, monkeypatch: pytest.Mo
     for a, b in zip(cached["results"], streamed["results"], strict=True):
         assert (a["benchmark"], a["metric"]) == (b["benchmark"], b["metric"])
         assert a["value"] == pytest.approx(b["value"], abs=1e-3)
+
+
+def test_markdown_table_side_by_side() -> None:
+    from freeatm.runtime.evaluate.report import markdown_table
+
+    rows = [
+        {"checkpoint": "baseline", "benchmark": "knn", "metric": "top1", "value": 0.5},
+        {"checkpoint": "free-atm", "benchmark": "knn", "metric": "top1", "value": 0.625},
+        {"checkpoint": "baseline", "benchmark": "semseg", "metric": "miou", "value": 0.25},
+    ]
+    assert markdown_table(rows, ["baseline", "free-atm"]).splitlines() == [
+        "| benchmark | metric | baseline | free-atm | Δ (free-atm − baseline) |",
+        "|---|---|---:|---:|---:|",
+        "| knn | top1 | 0.5000 | **0.6250** | +0.1250 |",
+        "| semseg | miou | 0.2500 | – | – |",
+    ]
