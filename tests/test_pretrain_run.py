@@ -129,7 +129,7 @@ def test_killed_run_resumes_from_the_saved_step(
     dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = f"file://{tmp_path}/out"
-    doc = pretrain_doc(dataset, out, epochs=2, batchSize=4, checkpointEvery=2)  # 10 steps/epoch, 20 in all
+    doc = pretrain_doc(dataset, out, epochs=2, batchSize=8, checkpointEvery=2)  # 5 steps/epoch, 10 in all
     spec = _spec_file(tmp_path, doc)
     trace = tmp_path / "trace"
     proc = subprocess.Popen(
@@ -145,17 +145,17 @@ def test_killed_run_resumes_from_the_saved_step(
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
     saved = ckpt.steps(out)
-    assert saved and saved[0] < 20, "the run was not killed mid-run"
+    assert saved and saved[0] < 10, "the run was not killed mid-run"
     step = saved[0]
     first_run = {t["step"]: t["index"] for t in _trace(trace)}
-    assert max(first_run) < 20
+    assert max(first_run) < 10
     # a newer checkpoint that was cut short is skipped with a warning
     latest = tmp_path / "out" / ckpt.key_for(step)
     (tmp_path / "out" / ckpt.key_for(step + 1)).write_bytes(latest.read_bytes()[:1000])
 
     monkeypatch.setenv("FREEATM_TRACE_SAMPLES", str(tmp_path / "trace2"))
     with caplog.at_level(logging.INFO):
-        outputs = run(pretrain_job(dataset, out, epochs=2, batchSize=4, checkpointEvery=2))
+        outputs = run(pretrain_job(dataset, out, epochs=2, batchSize=8, checkpointEvery=2))
     assert outputs["checkpointUri"].endswith("export/backbone.pt")
     assert any(
         "skipping unreadable checkpoint" in r.message and f"step-{step + 1:09d}" in r.message
@@ -163,10 +163,10 @@ def test_killed_run_resumes_from_the_saved_step(
     )
     assert any(f"from step {step}" in r.message for r in caplog.records)
     second_run = {t["step"]: t["index"] for t in _trace(tmp_path / "trace2")}
-    assert min(second_run) == step + 1 and max(second_run) == 20
+    assert min(second_run) == step + 1 and max(second_run) == 10
     for s in set(first_run) & set(second_run):  # steps redone after the kill see the same samples
         assert first_run[s] == second_run[s]
-    assert load_export(out)[1]["steps"] == 20
+    assert load_export(out)[1]["steps"] == 10
 
 
 @pytest.mark.slow
