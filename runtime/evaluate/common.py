@@ -155,10 +155,9 @@ def fits_cache(items: int, bytes_per_item: int) -> bool:
     return items * bytes_per_item <= int(os.environ.get("FREEATM_EVAL_CACHE_BYTES", 4 << 30))
 
 
-# Frozen features of the last few (checkpoint, split, size) combinations: kNN, the linear probe and retrieval on
-# the same data share one forward pass over it.
+# Frozen features of recent (checkpoint, split, size) combinations, within the cache budget (fits_cache): kNN,
+# the linear probe and retrieval on the same data share one forward pass over it.
 _CACHE: OrderedDict[tuple[str, ...], Tensor] = OrderedDict()
-_CACHE_ENTRIES = 4
 
 
 def _cached(
@@ -171,7 +170,7 @@ def _cached(
         return _CACHE[key]
     value = compute()
     _CACHE[key] = value
-    while len(_CACHE) > _CACHE_ENTRIES:
+    while len(_CACHE) > 1 and not fits_cache(1, sum(t.numel() * t.element_size() for t in _CACHE.values())):
         _CACHE.popitem(last=False)
     return value
 
