@@ -42,22 +42,23 @@ def test_normalise_min_max_per_object_and_constant_maps() -> None:
     assert torch.all(norm[1] == 0)  # no signal
 
 
-def test_fixed_threshold_on_normalised_map() -> None:
-    raw = blob(8, 8, sigma=3, floor=0.5, peak=0.5)[None]
+def test_relative_threshold_is_relative_to_the_maps_range() -> None:
+    raw = blob(8, 8, sigma=3, floor=0.5, peak=0.5)[None]  # raw in [0.5, 1.0]
     norm = normalise(raw)
-    passed = passing(raw, norm, "fixed", 0.5)
-    assert torch.equal(passed, norm >= 0.5)
+    passed = passing(raw, norm, "relative", 0.5)
+    assert torch.equal(passed, raw - 0.5 >= 0.5 * 0.5)
     assert 0 < passed.sum() < 256
 
 
-def test_relative_threshold_keeps_the_floor() -> None:
-    """relative compares the raw map with value × its peak: a high floor makes everything pass."""
+def test_fixed_threshold_is_an_absolute_attention_share() -> None:
+    """fixed compares the raw map (attention probabilities) with the value: a high floor passes everywhere."""
     raw = blob(8, 8, sigma=3, floor=0.6, peak=0.4)[None]  # raw in [0.6, 1.0]
     norm = normalise(raw)
-    assert passing(raw, norm, "relative", 0.5).all()
-    assert not passing(raw, norm, "fixed", 0.5).all()
-    low = blob(8, 8, sigma=3)[None]
-    assert torch.equal(passing(low, normalise(low), "relative", 0.5), low >= 0.5)
+    assert passing(raw, norm, "fixed", 0.5).all()
+    assert not passing(raw, norm, "relative", 0.5).all()
+    weak = blob(8, 8, sigma=3, peak=0.3)[None]  # never reaches 0.5 of the attention
+    assert not passing(weak, normalise(weak), "fixed", 0.5).any()
+    assert passing(weak, normalise(weak), "relative", 0.5).any()
 
 
 def test_otsu_separates_two_levels() -> None:
@@ -76,7 +77,7 @@ def test_otsu_separates_two_levels() -> None:
 def test_argmax_resolves_overlap_and_background() -> None:
     a, b = blob(5, 5, sigma=3), blob(10, 10, sigma=3)
     raw = torch.stack([a, b])
-    labels, soft = masks_from_maps(raw, 16, "fixed", 0.3)
+    labels, soft = masks_from_maps(raw, 16, "relative", 0.3)
     assert labels.dtype == np.uint8 and labels.shape == (16, 16)
     assert labels[5, 5] == 1 and labels[10, 10] == 2 and labels[0, 15] == 0 and labels[15, 0] == 0
     # where both pass, the higher normalised value wins

@@ -8,9 +8,10 @@ For one image with objects o = 1…O (in prompt order):
 3. **Normalise.** Each object's map is min–max normalised to [0, 1] on its own (a constant map has no signal
    and becomes all zeros).
 4. **Threshold** (``attention.threshold``):
-   ``fixed`` — normalised ≥ value;
-   ``relative`` — raw ≥ value × max(raw), i.e. relative to the map's peak without subtracting its floor (on
-   a min–max normalised map ``fixed`` and ``relative`` would coincide);
+   ``relative`` — relative to the map's own range: raw − min ≥ value × (max − min), i.e. normalised ≥ value
+   (DESIGN §8's "min–max, then 0.5");
+   ``fixed`` — an absolute level on the raw map: raw ≥ value, where raw is the share of a position's attention
+   that goes to the object's tokens (softmax probabilities, so in [0, 1]; independent of the other positions);
    ``otsu`` — normalised ≥ Otsu's threshold of that map (value unused).
 5. **Arg-max.** A pixel that passes for several objects goes to the object with the highest normalised value;
    a pixel that passes for none is background. Label 0 = background, k = the k-th object.
@@ -73,11 +74,10 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
 
 def passing(raw: torch.Tensor, norm: torch.Tensor, method: str, value: float) -> torch.Tensor:
     """O × H × W booleans: where each object's map passes its threshold (see the module docstring)."""
-    if method == "fixed":
+    if method == "relative":
         passed = norm >= value
-    elif method == "relative":
-        peak = raw.reshape(raw.shape[0], -1).max(dim=1).values.reshape(-1, 1, 1)
-        passed = (raw >= value * peak) & (peak > 0)
+    elif method == "fixed":
+        passed = raw >= value
     elif method == "otsu":
         cuts = torch.tensor([otsu_threshold(m) for m in norm], dtype=norm.dtype).reshape(-1, 1, 1)
         passed = norm >= cuts
