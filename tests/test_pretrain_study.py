@@ -30,7 +30,7 @@ def test_study_evaluates_with_a_linear_probe(tmp_path: Path) -> None:
         tmp_path, seeds=2, images=16, epochs=1, batch_size=8, benchmarks=("linear-probe",), log=lambda _: None
     )
     row = result["summary"]["linear-probe/top1"]
-    assert set(row) == {"baseline", "mask-guided", "difference", "guidedWins"}
+    assert set(row) == {"random-init", "baseline", "mask-guided", "difference", "guidedWins"}
     assert 0.0 <= row["baseline"]["mean"] <= 1.0 and row["difference"]["std"] >= 0.0
     table = format_table(result)
     assert "linear-probe/top1" in table and "±" in table
