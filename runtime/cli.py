@@ -31,6 +31,7 @@ from .metrics import serve_from_env
 
 COMMANDS = {info.runtime_command: kind for kind, info in KINDS.items()}
 TERMINATION_LOG = Path("/dev/termination-log")
+TERMINATION_LIMIT = 4000
 log = logging.getLogger("freeatm.runtime")
 
 
@@ -63,7 +64,9 @@ def _write_result(result: dict[str, Any]) -> None:
     if target:
         Path(target).write_text(text)
     elif TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
-        TERMINATION_LOG.write_text(text[:4000])  # the kubelet keeps at most 4096 bytes
+        if len(text) > TERMINATION_LIMIT:  # the kubelet keeps 4096 bytes: the full table stays in results.json
+            text = json.dumps({k: v for k, v in result.items() if k != "results"})[:TERMINATION_LIMIT]
+        TERMINATION_LOG.write_text(text)
 
 
 def run(command: str, resource: Resource) -> dict[str, Any]:
