@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from .errors import InvalidInput, TransientError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 PVC_ROOT_ENV = "FREEATM_PVC_ROOT"  # where the operator mounts claims: <root>/<claim>/
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 
@@ -68,6 +70,13 @@ def join(uri: str, key: str) -> str:
     return uri.rstrip("/") + "/" + key.lstrip("/")
 
 
+def _temp_beside(target: Path) -> tuple[int, str]:
+    """A hidden temporary file next to `target`, with the permissions a plain open() would give it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: other pods and users must read what we publish
+    return fd, tmp
+
+
 class LocalStore:
     """file:// and pvc:// (a mounted claim)."""
 
@@ -87,7 +96,7 @@ class LocalStore:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            fd, tmp = _temp_beside(target)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, target)
@@ -102,7 +111,7 @@ class LocalStore:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            fd, tmp = _temp_beside(target)
             os.close(fd)
             with local.open("rb") as src, open(tmp, "wb") as dst:
                 while chunk := src.read(1 << 20):
