@@ -87,7 +87,7 @@ def mask_grid(workdir: Path, target: Path, per_dataset: int = 8) -> bool:
                 sel = mask == obj["label"]
                 overlay[sel] = 0.45 * overlay[sel] + 0.55 * COLOURS[(obj["label"] - 1) % len(COLOURS)]
             top.imshow(image, interpolation="nearest")
-            top.set_title(record["prompt"], fontsize=6, wrap=True)
+            top.set_title(record["prompt"].replace(" and ", "\nand "), fontsize=6)
             bottom.imshow(overlay.astype(np.uint8), interpolation="nearest")
             bottom.set_title(", ".join(o["word"] for o in record["objects"]), fontsize=6)
         axes[2 * r][0].text(
