@@ -143,5 +143,26 @@ def run(
     raise typer.Exit(code)
 
 
+shapesbench = typer.Typer(no_args_is_help=True, help="ShapesBench: score attention masks, compare pretraining.")
+app.add_typer(shapesbench, name="shapesbench")
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@shapesbench.command(context_settings=PASS_THROUGH)
+def masks(ctx: typer.Context) -> None:
+    """Generate captioned scenes with --model and score each object word's mask (--help for the options)."""
+    from freeatm.runtime.shapesbench_masks import main
+
+    raise typer.Exit(main(ctx.args))
+
+
+@shapesbench.command(context_settings=PASS_THROUGH)
+def study(ctx: typer.Context) -> None:
+    """Pretrain baseline and mask-guided on ShapesBench and evaluate both (--help for the options)."""
+    from freeatm.runtime.study import main
+
+    raise typer.Exit(main(ctx.args))
+
+
 if __name__ == "__main__":
     app()
