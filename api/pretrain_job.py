@@ -15,10 +15,9 @@ BACKBONES = ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
 FIXES: dict[str, tuple[str, ...]] = {
     "contrastive": ("mask_aware_crop", "object_contrast"),
     "mim": ("guided_masking", "object_weighted_loss"),
-    "vlp": ("region_phrase",),
 }
 # Fixes that are on by default when useMasks is true (the others are opt-in).
-DEFAULT_ON = {"mask_aware_crop", "object_contrast", "guided_masking", "region_phrase"}
+DEFAULT_ON = {"mask_aware_crop", "object_contrast", "guided_masking"}
 
 
 class DatasetSource(Model):
@@ -49,8 +48,8 @@ class DatasetSource(Model):
 class Method(Model):
     """The self-supervised method and which Free-ATM fixes are on."""
 
-    framework: Literal["contrastive", "mim", "vlp"] = "contrastive"
-    """contrastive (SimCLR), mim (MAE) or vlp (CLIP-style)."""
+    framework: Literal["contrastive", "mim"] = "contrastive"
+    """contrastive (SimCLR) or mim (MAE, ViT backbones)."""
     use_masks: bool = True
     """Use the dataset's attention masks. false runs exactly the baseline: every fix off."""
     mask_aware_crop: bool | None = None
@@ -61,12 +60,10 @@ class Method(Model):
     """mim: sample masked patches weighted by the object masks, same ratio (default on with useMasks)."""
     object_weighted_loss: bool | None = None
     """mim: weight the reconstruction loss toward object patches (default off)."""
-    region_phrase: bool | None = None
-    """vlp: align mask-pooled region features with their object word's embedding (default on with useMasks)."""
     temperature: float = Field(default=0.2, gt=0.0, le=10.0)
     """Contrastive softmax temperature."""
     object_loss_weight: float = Field(default=1.0, ge=0.0, le=100.0)
-    """Weight of the object-level / region term relative to the image-level loss."""
+    """Weight of the object-level term relative to the image-level loss."""
     min_object_share: float = Field(default=0.3, gt=0.0, le=1.0)
     """mask-aware crop: share of the chosen object's pixels each crop must keep."""
     mask_ratio: float = Field(default=0.75, gt=0.0, lt=1.0)
