@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -22,6 +23,17 @@ err = Console(stderr=True)
 FILES = typer.Option(
     ..., "-f", "--filename", exists=True, dir_okay=False, help="YAML file(s) of freeatm resources"
 )
+
+
+def report(problems: list[manifests.Problem]) -> None:
+    """One line per problem on stderr: severity, file, resource, field path, what to do."""
+    for p in problems:
+        style = "red" if p.severity == "error" else "yellow"
+        err.print(
+            f"[{style}]{p.severity}[/]: {p.file}: {p.document}: [bold]{p.path}[/]: {p.message}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def dump_yaml(doc: dict) -> str:
@@ -47,13 +59,7 @@ def crds(
 def validate(files: list[Path] = FILES) -> None:
     """Check resources: schema, references between the documents, dependency cycles. Exit 1 on any error."""
     result = manifests.load(files)
-    for p in result.problems:
-        style = "red" if p.severity == "error" else "yellow"
-        err.print(
-            f"[{style}]{p.severity}[/]: {p.file}: {p.document}: [bold]{p.path}[/]: {p.message}",
-            highlight=False,
-            soft_wrap=True,
-        )
+    report(result.problems)
     if result.errors:
         raise typer.Exit(1)
     console.print(f"[green]ok[/]: {len(result.resources)} resource(s) valid", highlight=False)
@@ -70,12 +76,7 @@ def render(
     from freeatm.operator.workload import render as render_workload
 
     result = manifests.load(files)
-    for p in result.errors:
-        err.print(
-            f"[red]error[/]: {p.file}: {p.document}: [bold]{p.path}[/]: {p.message}",
-            highlight=False,
-            soft_wrap=True,
-        )
+    report(result.errors)
     if result.errors:
         raise typer.Exit(1)
     config = OperatorConfig.from_env(runtime_image=image)
@@ -123,27 +124,33 @@ def run(
     from .report import write_report
 
     result = manifests.load(files)
-    missing = [p for p in result.problems if p.severity == "warning" and p.path != "apiVersion/kind"]
-    for p in result.errors + missing:
-        err.print(
-            f"[red]error[/]: {p.file}: {p.document}: [bold]{p.path}[/]: {p.message}",
-            highlight=False,
-            soft_wrap=True,
+    # Without a cluster, a reference to a resource outside these files cannot be satisfied.
+    missing = [
+        replace(
+            p,
+            severity="error",
+            message=p.message.replace("it must exist in the cluster", "local mode runs only these files"),
         )
+        for p in result.problems
+        if p.severity == "warning" and p.path != "apiVersion/kind"
+    ]
+    report(result.errors + missing)
     if result.errors or missing:
         raise typer.Exit(1)
     code = run_pipeline(result, workdir, force, console)
     if code == 130:
         raise typer.Exit(code)
-    report = write_report(workdir.resolve())
+    written = write_report(workdir.resolve())
     table = results_table(workdir.resolve())
     if table is not None:
         console.print(table)
-    console.print(f"report: {report}")
+    console.print(f"report: {written}")
     raise typer.Exit(code)
 
 
-shapesbench = typer.Typer(no_args_is_help=True, help="ShapesBench: score attention masks, compare pretraining.")
+shapesbench = typer.Typer(
+    no_args_is_help=True, help="ShapesBench: score attention masks, compare pretraining."
+)
 app.add_typer(shapesbench, name="shapesbench")
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 

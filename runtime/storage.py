@@ -11,9 +11,11 @@ exponential backoff ("standard" mode); what still fails becomes a TransientError
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 from urllib.parse import urlsplit
 
 from .errors import InvalidInput, TransientError
@@ -92,13 +94,14 @@ class LocalStore:
         except FileNotFoundError as e:
             raise MissingKey(f"{self.url(key)} does not exist") from e
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def _publish(self, key: str, write: Callable[[IO[bytes]], object]) -> None:
+        """Write under a temporary name beside the target, then rename: readers never see a partial file."""
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = _temp_beside(target)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                write(f)
             os.replace(tmp, target)
         except PermissionError as e:
             raise InvalidInput(
@@ -107,20 +110,15 @@ class LocalStore:
         except OSError as e:
             raise TransientError(f"cannot write {self.url(key)}: {e}") from e
 
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._publish(key, lambda f: f.write(data))
+
     def upload(self, local: Path, key: str) -> None:
-        target = self._path(key)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = _temp_beside(target)
-            os.close(fd)
-            with local.open("rb") as src, open(tmp, "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-            os.replace(tmp, target)
-        except PermissionError as e:
-            raise InvalidInput(
-                f"cannot write {self.url(key)}: {e.strerror}; check the output location"
-            ) from e
+        def copy(dst: IO[bytes]) -> None:
+            with local.open("rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+        self._publish(key, copy)
 
     def download(self, key: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
