@@ -38,7 +38,8 @@ class Prompts(Model):
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}"], min_length=1)
     """Templates with one {} for the class name (with classes)."""
     per_class: int | None = Field(default=None, ge=1)
-    """Images per class (with classes); default: generation.images spread evenly over the classes."""
+    """With classes: consecutive images per class (image i draws classes[(i // perClass) mod len(classes)]);
+    default: generation.images spread evenly over the classes. generation.images stays the total."""
     file: str | None = None
     """JSON-lines file of {"prompt": ..., "objects": [...]} records, each object word occurring in its prompt."""
     negative_prompt: str | None = None
@@ -96,7 +97,8 @@ class Threshold(Model):
     """How a normalised attention map becomes a mask."""
 
     method: Literal["fixed", "relative", "otsu"] = "relative"
-    """fixed: map ≥ value; relative: map ≥ value × max; otsu: Otsu's threshold (value unused)."""
+    """relative: the object's min–max normalised map ≥ value; fixed: its raw attention probability ≥ value;
+    otsu: Otsu's threshold on the normalised map (value unused)."""
     value: float = Field(default=0.5, gt=0.0, lt=1.0)
     """Threshold in (0, 1)."""
 

@@ -10,6 +10,7 @@ exponential backoff ("standard" mode); what still fails becomes a TransientError
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from .errors import InvalidInput, TransientError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# Write failures that retrying cannot fix (a full disk or a stale mount may pass: those stay transient).
+_PERMANENT_WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 PVC_ROOT_ENV = "FREEATM_PVC_ROOT"  # where the operator mounts claims: <root>/<claim>/
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 
@@ -103,11 +106,11 @@ class LocalStore:
             with os.fdopen(fd, "wb") as f:
                 write(f)
             os.replace(tmp, target)
-        except PermissionError as e:
-            raise InvalidInput(
-                f"cannot write {self.url(key)}: {e.strerror}; check the output location"
-            ) from e
         except OSError as e:
+            if e.errno in _PERMANENT_WRITE_ERRORS:
+                raise InvalidInput(
+                    f"cannot write {self.url(key)}: {e.strerror}; check the output location"
+                ) from e
             raise TransientError(f"cannot write {self.url(key)}: {e}") from e
 
     def write_bytes(self, key: str, data: bytes) -> None:

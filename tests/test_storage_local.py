@@ -38,3 +38,9 @@ def test_missing_key_and_bad_scheme_are_specific(tmp_path: Path) -> None:
 def test_pvc_uris_resolve_under_the_mount_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FREEATM_PVC_ROOT", str(tmp_path))
     assert local_path("pvc://datasets/voc/2012") == tmp_path / "datasets" / "voc" / "2012"
+
+
+def test_unwritable_output_is_permanent(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(InvalidInput, match="check the output location"):
+        open_store((tmp_path / "file").as_uri()).write_bytes("manifest.json", b"{}")
