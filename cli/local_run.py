@@ -172,7 +172,8 @@ def run_stage(
         "--spec",
         str(spec_file),
     ]
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    # Leave a core to the rest of the machine: OpenMP threads that wait on a busy core spin (DESIGN §8).
+    threads = str(max(1, ((os.cpu_count() or 1) - 1) // workers))
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
