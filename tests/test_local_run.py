@@ -85,11 +85,11 @@ def test_ctrl_c_during_pretraining_then_rerun_skips_generation(model_dir: Path, 
     workdir = tmp_path / "work"
     pipeline = small_pipeline(model_dir, tmp_path, epochs=30)
     proc = freeatm_run(pipeline, workdir, start_new_session=True)
-    training = workdir / "progress" / "MaskPretrainJob-shapes-baseline.jsonl"
+    checkpoints = workdir / "outputs" / "shapes-baseline" / "checkpoints"
     deadline = time.monotonic() + 600
-    while not (training.exists() and training.read_text().strip()) and proc.poll() is None:
-        assert time.monotonic() < deadline, "pretraining never started"
-        time.sleep(0.5)
+    while not list(checkpoints.glob("*.pt")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "pretraining never wrote a checkpoint"
+        time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0]
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     out, _ = proc.communicate(timeout=120)
@@ -100,9 +100,11 @@ def test_ctrl_c_during_pretraining_then_rerun_skips_generation(model_dir: Path, 
     assert {c["type"]: c["reason"] for c in stopped["conditions"]}["Ready"] == "Interrupted"
     generated = (workdir / "outputs" / "shapes" / "manifest.json").stat().st_mtime_ns
 
-    pipeline.write_text(pipeline.read_text().replace("epochs: 30", "epochs: 1"))
+    saved = sorted(checkpoints.glob("*.pt"))[-1]
     rerun = freeatm_run(pipeline, workdir)
     out, _ = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, out
     assert "SyntheticDataset/shapes: unchanged since its last success, skipped" in out
     assert (workdir / "outputs" / "shapes" / "manifest.json").stat().st_mtime_ns == generated
+    log = (workdir / "logs" / "MaskPretrainJob-shapes-baseline.log").read_text()
+    assert f"resuming from {saved.as_uri()}" in log, log  # training went on from its checkpoint
