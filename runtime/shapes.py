@@ -125,7 +125,7 @@ def render_scene(seed: int, index: int, size: int = 32) -> Scene:
     image[:] = BACKGROUND
     owner = np.full((size, size), -1, dtype=np.int64)
     specs = []
-    for k, (colour_idx, shape_idx, box) in enumerate(zip(colours, shapes, boxes)):
+    for k, (colour_idx, shape_idx, box) in enumerate(zip(colours, shapes, boxes, strict=True)):
         spec = ObjectSpec(SHAPES[int(shape_idx)], list(COLOURS)[int(colour_idx)])
         region = _raster(spec.shape, box, size)
         image[region] = COLOURS[spec.colour]
@@ -141,29 +141,46 @@ def find_drawn_objects(
     max_distance: float = 110.0,
     min_pixels: int | None = None,
 ) -> list[DrawnObject]:
-    """Recover each named object's extent in ``image`` (uint8 H x W x 3) from its colour.
+    """Recover where each named object appears in ``image`` (uint8 H x W x 3) from its colour.
 
-    A pixel belongs to an object when the object's colour is the palette colour (background
-    included) nearest to it and lies within ``max_distance`` (Euclidean, RGB). The object counts as
-    drawn when at least ``min_pixels`` pixels are its colour; the default is a third of the
-    smallest shape ShapesBench renders at this image size.
+    A pixel has an object's colour when that colour is the palette colour (background included)
+    nearest to it and lies within ``max_distance`` (Euclidean, RGB). The object's mask is the union
+    of the 4-connected regions of its colour with at least ``min_pixels`` pixels, so scattered
+    noise pixels never count; it was drawn when that mask is not empty. The default
+    ``min_pixels`` is a third of the smallest shape ShapesBench renders at this image size.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}")
     palette = np.array([BACKGROUND, *COLOURS.values()], dtype=np.float64)
-    pixels = image.astype(np.float64)
-    distance = np.linalg.norm(pixels[:, :, None, :] - palette[None, None], axis=-1)
-    nearest = distance.argmin(axis=-1)
-    close = distance.min(axis=-1) <= max_distance
+    distance = np.linalg.norm(image.astype(np.float64)[:, :, None, :] - palette[None, None], axis=-1)
+    nearest = np.where(distance.min(axis=-1) <= max_distance, distance.argmin(axis=-1), -1)
     if min_pixels is None:
         side = round(_MIN_SIDE * min(image.shape[:2]))
         min_pixels = max(1, side * side // 6)
     names = list(COLOURS)
     found = []
     for obj in objects:
-        mask = close & (nearest == names.index(obj.colour) + 1)
-        found.append(DrawnObject(obj.shape, obj.colour, mask, int(mask.sum()) >= min_pixels))
+        labels = _components(nearest == names.index(obj.colour) + 1)
+        ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+        mask = np.isin(labels, ids[counts >= min_pixels])
+        found.append(DrawnObject(obj.shape, obj.colour, mask, bool(mask.any())))
     return found
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """4-connected component labels of a boolean mask (-1 outside it), by min-label propagation."""
+    height, width = mask.shape
+    big = height * width
+    labels = np.where(mask, np.arange(big).reshape(height, width), big)
+    while True:
+        padded = np.pad(labels, 1, constant_values=big)
+        neighbours = np.minimum.reduce(
+            [labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+        )
+        updated = np.where(mask, neighbours, big)
+        if np.array_equal(updated, labels):
+            return np.where(mask, labels, -1)
+        labels = updated
 
 
 def _place_boxes(rng: np.random.Generator, count: int, size: int) -> list[tuple[int, int, int]]:

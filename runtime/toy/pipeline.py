@@ -70,7 +70,9 @@ class PixelTextToImagePipeline(DiffusionPipeline):
         )
         return self.text_encoder(tokens.input_ids.to(device))[0]
 
-    def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict:
+    def prepare_extra_step_kwargs(
+        self, generator: torch.Generator | list[torch.Generator] | None, eta: float
+    ) -> dict:
         """Keyword arguments for ``scheduler.step`` that this scheduler accepts."""
         accepted = set(inspect.signature(self.scheduler.step).parameters)
         extra: dict[str, Any] = {}
@@ -111,7 +113,9 @@ class PixelTextToImagePipeline(DiffusionPipeline):
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         unknown = set(tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}")
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {sorted(unknown)} not in {self._callback_tensor_inputs}"
+            )
         self._guidance_scale = guidance_scale
         self._interrupt = False
         device = self._execution_device
@@ -120,9 +124,11 @@ class PixelTextToImagePipeline(DiffusionPipeline):
         prompt_embeds = self.encode_prompt(prompts, device)
         negative_prompt_embeds = None
         if self.do_classifier_free_guidance:
-            negatives = [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, list) else [
-                n for n in negative_prompt for _ in range(num_images_per_prompt)
-            ]
+            negatives = (
+                [negative_prompt or ""] * len(prompts)
+                if not isinstance(negative_prompt, list)
+                else [n for n in negative_prompt for _ in range(num_images_per_prompt)]
+            )
             negative_prompt_embeds = self.encode_prompt(negatives, device)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -154,7 +160,9 @@ class PixelTextToImagePipeline(DiffusionPipeline):
                 if self.do_classifier_free_guidance:
                     uncond, cond = prediction.chunk(2)
                     prediction = uncond + guidance_scale * (cond - uncond)
-                latents = self.scheduler.step(prediction, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                latents = self.scheduler.step(prediction, t, latents, **extra_step_kwargs, return_dict=False)[
+                    0
+                ]
 
                 if callback_on_step_end is not None:
                     local = {
@@ -229,7 +237,9 @@ def build_random_pipeline(seed: int = 0) -> PixelTextToImagePipeline:
         unet = UNet2DConditionModel(**unet_config())
         text_encoder = CLIPTextModel(text_encoder_config(tokenizer))
     scheduler = DDIMScheduler(**scheduler_config())
-    return PixelTextToImagePipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+    return PixelTextToImagePipeline(
+        unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
+    )
 
 
 def toy_model_dir() -> Path:

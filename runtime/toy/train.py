@@ -1,0 +1,196 @@
+"""Train ``toy://shapes`` from scratch on ShapesBench scenes.
+
+    python -m freeatm.runtime.toy.train --out runtime/toy/weights --steps 3000
+
+A v-prediction pixel-space diffusion model: AdamW with linear warm-up then cosine decay, caption
+dropout for classifier-free guidance, an exponential moving average (EMA) of the weights. The EMA
+pipeline is saved with ``save_pretrained`` (and every ``--save-every`` steps on the way), then scored
+by the share of the prompted objects it draws on evaluation captions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from freeatm.runtime.shapes import render_scene
+from freeatm.runtime.toy.pipeline import PixelTextToImagePipeline, build_random_pipeline, scheduler_config
+from freeatm.runtime.toy.quality import drawn_object_share, eval_captions, generate, save_grid
+
+console = Console()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="directory for the saved EMA pipeline")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty captions")
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the weights, the noise and the scene stream"
+    )
+    parser.add_argument("--init", type=Path, help="start from this saved pipeline instead of random weights")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--save-every", type=int, default=500, help="0: save only at the end")
+    parser.add_argument("--eval-captions", type=int, default=128, help="0: skip the final evaluation")
+    parser.add_argument("--samples", type=Path, help="PNG grid of samples for the evaluation captions")
+    return parser.parse_args(argv)
+
+
+class EMA:
+    """Exponential moving average of a set of parameters, with the usual short-run warm-up."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
+        self.params = params
+        self.shadow = [p.detach().clone() for p in params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Blend the current parameters into the average after optimiser step ``step`` (1-based)."""
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, params: list[torch.nn.Parameter]) -> None:
+        """Write the averaged values into ``params`` (same order as at construction)."""
+        for target, value in zip(params, self.shadow, strict=True):
+            target.copy_(value)
+
+
+def scene_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+    """Training batch ``step`` of the scene stream ``seed``: images in [-1, 1] (B x 3 x H x W) and captions."""
+    scenes = [render_scene(seed, step * batch_size + i) for i in range(batch_size)]
+    pixels = np.stack([s.image for s in scenes]).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), [s.caption for s in scenes]
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def save_ema(pipe: PixelTextToImagePipeline, ema: EMA, out: Path) -> PixelTextToImagePipeline:
+    """Save a copy of ``pipe`` carrying the EMA weights to ``out``; return that copy."""
+    snapshot = build_random_pipeline()
+    snapshot.unet.load_state_dict(pipe.unet.state_dict())
+    snapshot.text_encoder.load_state_dict(pipe.text_encoder.state_dict())
+    ema.copy_to(trainable(snapshot))
+    snapshot.save_pretrained(out)
+    return snapshot
+
+
+def trainable(pipe: PixelTextToImagePipeline) -> list[torch.nn.Parameter]:
+    """The trained parameters: UNet, then text encoder."""
+    return [*pipe.unet.parameters(), *pipe.text_encoder.parameters()]
+
+
+def train(args: argparse.Namespace) -> PixelTextToImagePipeline:
+    """Run the training loop; return the EMA pipeline (also saved to ``args.out``)."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.init:
+        pipe = PixelTextToImagePipeline.from_pretrained(args.init)
+    else:
+        pipe = build_random_pipeline(seed=args.seed)
+    pipe.unet.train()
+    pipe.text_encoder.train()
+    params = trainable(pipe)
+    noise_schedule = DDPMScheduler(**scheduler_config())
+    optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, args.warmup, args.steps))
+    ema = EMA(params, args.ema_decay)
+    generator = torch.Generator().manual_seed(args.seed)
+    console.log(f"training {sum(p.numel() for p in params):,} parameters for {args.steps} steps")
+
+    columns = (
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    started, running = time.monotonic(), 0.0
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("train", total=args.steps, loss=float("nan"))
+        for step in range(args.steps):
+            images, captions = scene_batch(args.seed, step, args.batch_size)
+            drop = torch.rand(len(captions), generator=generator) < args.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+            noise = torch.randn(images.shape, generator=generator)
+            t = torch.randint(
+                0, noise_schedule.config.num_train_timesteps, (len(images),), generator=generator
+            )
+            noisy = noise_schedule.add_noise(images, noise, t)
+            target = noise_schedule.get_velocity(images, noise, t)
+
+            prediction = pipe.unet(
+                noisy, t, encoder_hidden_states=pipe.encode_prompt(captions, images.device)
+            ).sample
+            loss = torch.nn.functional.mse_loss(prediction, target)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimiser.step()
+            schedule.step()
+            ema.update(step + 1)
+
+            running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+            progress.update(task, advance=1, loss=running)
+            if (step + 1) % args.log_every == 0:
+                elapsed = time.monotonic() - started
+                console.log(
+                    f"step {step + 1}/{args.steps} loss {running:.4f} lr {schedule.get_last_lr()[0]:.2e} "
+                    f"{elapsed / (step + 1):.2f} s/step"
+                )
+            if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+                save_ema(pipe, ema, args.out)
+                console.log(f"saved EMA weights of step {step + 1} to {args.out}")
+
+    final = save_ema(pipe, ema, args.out)
+    console.log(f"saved EMA weights to {args.out} after {time.monotonic() - started:.0f} s")
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, save, and report the drawn-object share on the evaluation captions."""
+    args = parse_args(argv)
+    pipe = train(args)
+    if args.eval_captions:
+        pipe.set_progress_bar_config(disable=True)
+        captions = eval_captions(args.eval_captions)
+        images = generate(pipe, captions)
+        console.log(
+            f"drawn-object share on {len(captions)} captions: {drawn_object_share(images, captions):.3f}"
+        )
+        if args.samples:
+            save_grid(images, args.samples)
+            console.log(f"samples written to {args.samples}")
+
+
+if __name__ == "__main__":
+    main()
