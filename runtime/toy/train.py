@@ -14,6 +14,7 @@ import argparse
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seed", type=int, default=0, help="seeds the weights, the noise and the scene stream"
     )
     parser.add_argument("--init", type=Path, help="start from this saved pipeline instead of random weights")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        help="training-state file: written every --save-every steps, resumed from if present",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=500, help="0: save only at the end")
@@ -71,6 +77,14 @@ class EMA:
         """Blend the current parameters into the average after optimiser step ``step`` (1-based)."""
         decay = min(self.decay, (1 + step) / (10 + step))
         torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged values, for checkpoints."""
+        return {"shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the averaged values of :meth:`state_dict`."""
+        self.shadow = [value.clone() for value in state["shadow"]]
 
     @torch.no_grad()
     def copy_to(self, params: list[torch.nn.Parameter]) -> None:
@@ -103,6 +117,26 @@ def save_ema(pipe: PixelTextToImagePipeline, ema: EMA, out: Path) -> PixelTextTo
     return snapshot
 
 
+def save_state(
+    path: Path,
+    step: int,
+    pipe: PixelTextToImagePipeline,
+    generator: torch.Generator,
+    stateful: dict[str, Any],
+) -> None:
+    """Write everything needed to resume after ``step`` steps (models, optimiser, EMA, RNG) atomically."""
+    state = {
+        "step": step,
+        "unet": pipe.unet.state_dict(),
+        "text_encoder": pipe.text_encoder.state_dict(),
+        "generator": generator.get_state(),
+        **{name: obj.state_dict() for name, obj in stateful.items()},
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
 def trainable(pipe: PixelTextToImagePipeline) -> list[torch.nn.Parameter]:
     """The trained parameters: UNet, then text encoder."""
     return [*pipe.unet.parameters(), *pipe.text_encoder.parameters()]
@@ -124,6 +158,17 @@ def train(args: argparse.Namespace) -> PixelTextToImagePipeline:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, args.warmup, args.steps))
     ema = EMA(params, args.ema_decay)
     generator = torch.Generator().manual_seed(args.seed)
+    stateful = {"optimiser": optimiser, "schedule": schedule, "ema": ema}
+    first = 0
+    if args.state and args.state.exists():
+        state = torch.load(args.state, weights_only=False)
+        pipe.unet.load_state_dict(state["unet"])
+        pipe.text_encoder.load_state_dict(state["text_encoder"])
+        for name, obj in stateful.items():
+            obj.load_state_dict(state[name])
+        generator.set_state(state["generator"])
+        first = state["step"]
+        console.log(f"resumed from {args.state} after step {first}")
     console.log(f"training {sum(p.numel() for p in params):,} parameters for {args.steps} steps")
 
     columns = (
@@ -136,8 +181,8 @@ def train(args: argparse.Namespace) -> PixelTextToImagePipeline:
     )
     started, running = time.monotonic(), 0.0
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("train", total=args.steps, loss=float("nan"))
-        for step in range(args.steps):
+        task = progress.add_task("train", total=args.steps, completed=first, loss=float("nan"))
+        for step in range(first, args.steps):
             images, captions = scene_batch(args.seed, step, args.batch_size)
             drop = torch.rand(len(captions), generator=generator) < args.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
@@ -159,16 +204,18 @@ def train(args: argparse.Namespace) -> PixelTextToImagePipeline:
             schedule.step()
             ema.update(step + 1)
 
-            running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+            running = loss.item() if step == first else 0.98 * running + 0.02 * loss.item()
             progress.update(task, advance=1, loss=running)
             if (step + 1) % args.log_every == 0:
                 elapsed = time.monotonic() - started
                 console.log(
                     f"step {step + 1}/{args.steps} loss {running:.4f} lr {schedule.get_last_lr()[0]:.2e} "
-                    f"{elapsed / (step + 1):.2f} s/step"
+                    f"{elapsed / (step + 1 - first):.2f} s/step"
                 )
             if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
                 save_ema(pipe, ema, args.out)
+                if args.state:
+                    save_state(args.state, step + 1, pipe, generator, stateful)
                 console.log(f"saved EMA weights of step {step + 1} to {args.out}")
 
     final = save_ema(pipe, ema, args.out)
