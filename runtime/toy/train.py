@@ -1,6 +1,6 @@
 """Train ``toy://shapes`` from scratch on ShapesBench scenes.
 
-    python -m freeatm.runtime.toy.train --out runtime/toy/weights --steps 3000
+    python -m freeatm.runtime.toy.train --out runtime/toy/weights --device cuda --workers 4
 
 A v-prediction pixel-space diffusion model: AdamW with linear warm-up then cosine decay, caption
 dropout for classifier-free guidance, an exponential moving average (EMA) of the weights. The EMA
@@ -41,9 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for the saved EMA pipeline")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty captions")
     parser.add_argument("--ema-decay", type=float, default=0.999)
@@ -57,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="training-state file: written every --save-every steps, resumed from if present",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="torch device for training, e.g. cuda")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes rendering scene batches ahead (0: in the loop)"
+    )
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=500, help="0: save only at the end")
     parser.add_argument("--eval-captions", type=int, default=128, help="0: skip the final evaluation")
@@ -100,6 +104,17 @@ def scene_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, li
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), [s.caption for s in scenes]
 
 
+class SceneBatches(torch.utils.data.Dataset):
+    """Training batch ``step`` of the scene stream ``seed``, for a ``DataLoader`` that renders ahead."""
+
+    def __init__(self, seed: int, batch_size: int) -> None:
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, list[str]]:
+        return scene_batch(self.seed, step, self.batch_size)
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up to 1, then cosine decay to 0 at ``total``."""
     if step < warmup:
@@ -108,7 +123,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def save_ema(pipe: PixelTextToImagePipeline, ema: EMA, out: Path) -> PixelTextToImagePipeline:
-    """Save a copy of ``pipe`` carrying the EMA weights to ``out``; return that copy."""
+    """Save a CPU copy of ``pipe`` carrying the EMA weights to ``out``; return that copy."""
     snapshot = build_random_pipeline()
     snapshot.unet.load_state_dict(pipe.unet.state_dict())
     snapshot.text_encoder.load_state_dict(pipe.text_encoder.state_dict())
@@ -146,10 +161,12 @@ def train(args: argparse.Namespace) -> PixelTextToImagePipeline:
     """Run the training loop; return the EMA pipeline (also saved to ``args.out``)."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     if args.init:
         pipe = PixelTextToImagePipeline.from_pretrained(args.init)
     else:
         pipe = build_random_pipeline(seed=args.seed)
+    pipe.to(device)
     pipe.unet.train()
     pipe.text_encoder.train()
     params = trainable(pipe)
@@ -161,7 +178,7 @@ def train(args: argparse.Namespace) -> PixelTextToImagePipeline:
     stateful = {"optimiser": optimiser, "schedule": schedule, "ema": ema}
     first = 0
     if args.state and args.state.exists():
-        state = torch.load(args.state, weights_only=False)
+        state = torch.load(args.state, map_location=device, weights_only=False)
         pipe.unet.load_state_dict(state["unet"])
         pipe.text_encoder.load_state_dict(state["text_encoder"])
         for name, obj in stateful.items():
@@ -179,22 +196,31 @@ def train(args: argparse.Namespace) -> PixelTextToImagePipeline:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+    # Batch ``step`` depends only on (seed, step), so the worker count never changes what is trained on.
+    batches = torch.utils.data.DataLoader(
+        SceneBatches(args.seed, args.batch_size),
+        batch_size=None,
+        sampler=range(first, args.steps),
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+    )
     started, running = time.monotonic(), 0.0
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("train", total=args.steps, completed=first, loss=float("nan"))
-        for step in range(first, args.steps):
-            images, captions = scene_batch(args.seed, step, args.batch_size)
+        for step, (images, captions) in enumerate(batches, start=first):
             drop = torch.rand(len(captions), generator=generator) < args.caption_dropout
             captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+            # Noise and timesteps come from the CPU generator, so the random stream is the same on every device.
             noise = torch.randn(images.shape, generator=generator)
             t = torch.randint(
                 0, noise_schedule.config.num_train_timesteps, (len(images),), generator=generator
             )
+            images, noise, t = images.to(device), noise.to(device), t.to(device)
             noisy = noise_schedule.add_noise(images, noise, t)
             target = noise_schedule.get_velocity(images, noise, t)
 
             prediction = pipe.unet(
-                noisy, t, encoder_hidden_states=pipe.encode_prompt(captions, images.device)
+                noisy, t, encoder_hidden_states=pipe.encode_prompt(captions, device)
             ).sample
             loss = torch.nn.functional.mse_loss(prediction, target)
             optimiser.zero_grad(set_to_none=True)
