@@ -1,4 +1,4 @@
-"""ShapesBench mask scoring: the report, the scoring rule, and (with trained weights) the acceptance bar."""
+"""ShapesBench mask scoring: the report, the scoring rule, and the trained toy model's acceptance bar."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from freeatm.runtime import shapesbench_masks
 from freeatm.runtime.generate.prompts import LocatedObject
 from freeatm.runtime.generate.sampler import Sample
 from freeatm.runtime.shapes import render_scene
-from freeatm.runtime.toy import toy_model_dir
-
-TRAINED = (toy_model_dir() / "model_index.json").exists()
 
 
 @pytest.fixture
@@ -67,11 +64,15 @@ def test_scoring_against_what_was_drawn(monkeypatch, cache) -> None:  # type: ig
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not TRAINED, reason="toy://shapes weights are not committed yet (runtime/toy/weights)")
 def test_trained_toy_model_masks(cache) -> None:  # type: ignore[no-untyped-def]
-    """Acceptance: the trained toy model's masks localise what it draws (bar below the measured figure)."""
-    report = shapesbench_masks.score_masks("toy://shapes", 64)
-    assert report["drawnShare"] >= 0.8, report
-    assert report["miou"] >= 0.45, report
+    """Acceptance, as `freeatm shapesbench masks --model toy://shapes --images 128` runs it.
+
+    The committed weights measured mIoU 0.864 with 90% of the objects drawn; the bars leave room for
+    floating-point differences between machines, not for a worse model.
+    """
+    report = shapesbench_masks.score_masks("toy://shapes", 128)
+    assert report["drawnShare"] >= 0.85, report
+    assert report["miou"] >= 0.75, report
+    assert min(c["iou"] for c in report["perClass"].values()) >= 0.65, report
     random = shapesbench_masks.score_masks("toy://shapes-random", 16)
     assert random["miou"] < report["miou"] - 0.3
