@@ -50,8 +50,19 @@ def small_pipeline(model_dir: Path, tmp_path: Path, epochs: int = 1) -> Path:
 
 def freeatm_run(pipeline: Path, workdir: Path, **kwargs) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
     env = {**os.environ, "COLUMNS": "200"}
-    command = [sys.executable, "-m", "freeatm.cli.main", "run", "-f", str(pipeline), "--workdir", str(workdir)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+    command = [
+        sys.executable,
+        "-m",
+        "freeatm.cli.main",
+        "run",
+        "-f",
+        str(pipeline),
+        "--workdir",
+        str(workdir),
+    ]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs
+    )
 
 
 def test_pipeline_runs_and_reports_both_checkpoints(model_dir: Path, tmp_path: Path) -> None:
