@@ -32,7 +32,7 @@ from ..metrics import EVAL_BENCHMARKS_DONE, EVAL_SCORE, EVAL_SECONDS
 from ..progress import reporter
 from ..storage import MissingKey, Store, open_store
 from .classification import run_knn, run_linear_probe
-from .common import Checkpoint, Settings, load_checkpoint
+from .common import Checkpoint, Settings, load_checkpoint, pick_device
 from .datasets import SHAPES_SEEDS, Split, Task, check_same_classes, open_split
 from .detection import run_detection
 from .report import write_report
@@ -210,8 +210,9 @@ def run(resource: EvalJob) -> dict[str, Any]:
 def _run_one(ckpt: Checkpoint, bench: Benchmark, train: Split, val: Split, digest: str) -> dict[str, Any]:
     settings = settings_for(bench, ckpt)
     log.info(
-        "%s on %s: %d train / %d val images, %s", bench.key(), ckpt.label, len(train), len(val), settings
-    )
+        "%s on %s: %d train / %d val images on %s, %s",
+        bench.key(), ckpt.label, len(train), len(val), pick_device(), settings,
+    )  # fmt: skip
     torch.manual_seed(settings.seed)
     start = time.monotonic()
     try:

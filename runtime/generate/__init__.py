@@ -104,8 +104,8 @@ def generate_dataset(resource: SyntheticDataset, worker: int | None = None) -> d
     total = sum(len(shard_indices(s, g.shard_size, g.images)) for s in mine)
     done = total - sum(len(shard_indices(s, g.shard_size, g.images)) for s in todo)
     log.info(
-        "worker %d/%d: shards %d–%d, %d to generate (%d already done)",
-        index, workers, mine.start, mine.stop - 1, len(todo), len(mine) - len(todo),
+        "worker %d/%d: shards %d–%d, %d to generate (%d already done), on %s in %s",
+        index, workers, mine.start, mine.stop - 1, len(todo), len(mine) - len(todo), model.pipe.device, g.dtype,
     )  # fmt: skip
     progress = reporter(total, "images")
     progress.update(done, images=done, force=True)

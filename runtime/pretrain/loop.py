@@ -337,9 +337,11 @@ class Trainer:
         trace = os.environ.get(TRACE_ENV)
         every = self.training.checkpoint_every
         log.info(
-            "pretraining %s %s on %s: %d steps (%d epochs × %d), batch %d (%d per process × %d), fixes %s, from step %d",
+            "pretraining %s %s on %s: %d steps (%d epochs × %d), batch %d (%d per process × %d), fixes %s, "
+            "from step %d, on %s in %s",
             self.spec.backbone, self.method.framework, self.info.uri, self.total_steps, self.training.epochs,
             self.steps_per_epoch, self.training.batch_size, self.local_batch, self.dist.world, self.fixes, self.step,
+            self.dist.device, self.training.precision,
         )  # fmt: skip
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
