@@ -32,6 +32,9 @@ class OperatorConfig:
     """torchrun c10d rendezvous port of multi-node training."""
     pvc_root: str = "/mnt/pvc"
     """Where pvc://claim/... URIs are mounted in the pods (FREEATM_PVC_ROOT, passed on to the pods)."""
+    resync_seconds: float = 300.0
+    """Seconds without any event after which a resource still in progress is reconciled again, so that a lost Job
+    event or a failed wake-up costs at most this long (FREEATM_RESYNC_SECONDS; 0 = never)."""
     extra_env: dict[str, str] = field(default_factory=dict)
     """Environment added to every workload container (e.g. HF_HUB_OFFLINE=1)."""
 
@@ -54,6 +57,8 @@ class OperatorConfig:
             values["liveness_port"] = int(v)
         if v := env.get("FREEATM_RUNTIME_METRICS_PORT"):
             values["runtime_metrics_port"] = int(v)
+        if v := env.get("FREEATM_RESYNC_SECONDS"):
+            values["resync_seconds"] = float(v)
         if v := env.get("FREEATM_PVC_ROOT"):
             values["pvc_root"] = v
         config = cls(**values)

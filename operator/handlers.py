@@ -4,6 +4,8 @@ Level-triggered: every watch event of a freeatm resource runs one reconcile pass
 status patch kopf applies. Two wake-ups make it event-driven rather than timer-driven:
 - a Job's status change touches its owner (an annotation patch → a watch event → a reconcile);
 - a resource's stored phase change touches the dependents that wait on it (found in the kopf index).
+The resync is the safety net: a resource still in progress that has seen no event for
+`OperatorConfig.resync_seconds` is touched too (`resync`), so a lost Job event or a failed wake-up only delays it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .workload import LABEL_MANAGED_BY, MANAGED_BY
 INDEX = "freeatm_resources"
 ANNOTATION_WAKE = "freeatm.io/wake"
 RETRY_SECONDS = 5.0
+QUIET = ("Succeeded", "Failed", "Suspended")
+"""Phases that only a spec change or a dependency's wake-up moves on: never resynced."""
 log = logging.getLogger("freeatm.operator")
 
 
@@ -130,6 +134,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         index = kwargs.get(INDEX)
         kind, ns = body["kind"], namespace or "default"
         key = (ns, kind, name)
+        with ctx.lock:
+            ctx.seen[key] = time.monotonic()
         if event.get("type") == "DELETED":
             gone = delete_workload(ctx.kube, kind, ns, name)
             if gone:
@@ -138,6 +144,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
                 ctx.phases.pop(key, None)
                 ctx.last_phase.pop(key, None)
                 ctx.written.pop(key, None)
+                ctx.seen.pop(key, None)
             wake_dependents(ctx, index, ns, kind, name, None)
             return
         # Wake the dependents when this resource's stored phase changed (the index already holds it).
@@ -207,6 +214,22 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     kopf.on.event(
         "batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="follow-job", registry=registry
     )(follow_job)
+
+
+def resync(ctx: Context, now: float) -> list[tuple[str, str, str]]:
+    """Touch every resource in progress whose last event is `resync_seconds` old; return their keys."""
+    with ctx.lock:
+        stale = [
+            key
+            for key, phase in ctx.phases.items()
+            if phase not in QUIET and now - ctx.seen.get(key, now) >= ctx.config.resync_seconds
+        ]
+        for key in stale:
+            ctx.seen[key] = now  # one touch per period, even when the touch itself is lost
+    for ns, kind, name in stale:
+        metrics.RESYNCS.labels(kind).inc()
+        _safe_touch(ctx, kind, ns, name, "resync")
+    return stale
 
 
 def post_event(ctx: Context, body: Mapping[str, Any], event: Event) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ import kubernetes.client
 
 from . import metrics
 from .config import OperatorConfig
-from .handlers import register
+from .handlers import register, resync
 from .kube import Kube, load_configuration
 from .reconcile import Context
 
@@ -65,6 +66,13 @@ def build_settings(namespaces: Sequence[str]) -> kopf.OperatorSettings:
     return settings
 
 
+async def resync_loop(ctx: Context) -> None:
+    """Run `resync` a few times per resync period, forever."""
+    while True:
+        await asyncio.sleep(ctx.config.resync_seconds / 4)
+        await asyncio.to_thread(resync, ctx, time.monotonic())
+
+
 async def operator(
     config: OperatorConfig,
     *,
@@ -83,6 +91,7 @@ async def operator(
     if serve_metrics:
         metrics.serve(config.metrics_port)
     namespaces = list(config.namespaces)
+    resyncing = asyncio.create_task(resync_loop(ctx)) if config.resync_seconds > 0 else None
     try:
         await kopf.operator(
             registry=build_registry(ctx, cfg),
@@ -97,6 +106,8 @@ async def operator(
             ready_flag=ready_flag,
         )
     finally:
+        if resyncing is not None:
+            resyncing.cancel()
         kube.close()
 
 

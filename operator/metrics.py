@@ -52,6 +52,12 @@ DEPENDENCY_WAIT_SECONDS = Histogram(
     buckets=(0.1, 1, 5, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400),
     registry=REGISTRY,
 )
+RESYNCS = Counter(
+    "freeatm_operator_resyncs",
+    "Resources in progress woken by the resync after resync_seconds without an event (a lost event), by kind",
+    ["kind"],
+    registry=REGISTRY,
+)
 RESTARTS = Counter(
     "freeatm_operator_workload_restarts",
     "Workload pod failures that were retried (increase of the Job's status.failed), by kind",
@@ -93,6 +99,7 @@ NAMES = (
     "freeatm_operator_workload_duration_seconds",
     "freeatm_operator_dependency_wait_seconds",
     "freeatm_operator_workload_restarts_total",
+    "freeatm_operator_resyncs_total",
     "freeatm_operator_resources",
 )
 

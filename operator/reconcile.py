@@ -54,6 +54,8 @@ class Context:
     last_job: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     phases: dict[tuple[str, str, str], str] = field(default_factory=dict)
     written: dict[tuple[str, str, str], tuple[Any, ...]] = field(default_factory=dict)
+    seen: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    """time.monotonic() of each resource's last watch event, for the resync."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def phase_counts(self) -> list[tuple[str, str]]:

@@ -517,6 +517,7 @@ def test_operator_reads_the_configuration_the_chart_sets(rendered):
         assert (config.metrics_port, config.liveness_port) == (8080, 8081)
         values = yaml.safe_load((CHART / "values.yaml").read_text())
         assert config.runtime_metrics_port == values["runtime"]["metricsPort"]
+        assert config.resync_seconds == values["operator"]["resyncSeconds"]
 
 
 def test_pod_monitor_selects_the_pods_the_operator_renders(rendered):

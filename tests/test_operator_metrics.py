@@ -21,6 +21,7 @@ def test_names_are_exposed():
     metrics.WORKLOAD_SECONDS.labels("SyntheticDataset", "Succeeded").observe(60)
     metrics.DEPENDENCY_WAIT_SECONDS.labels("MaskPretrainJob").observe(5)
     metrics.RESTARTS.labels("EvalJob").inc()
+    metrics.RESYNCS.labels("EvalJob").inc()
     text = generate_latest(metrics.REGISTRY).decode()
     for name in metrics.NAMES:
         assert name in text, name

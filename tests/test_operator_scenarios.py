@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,36 @@ def test_operator_restart_mid_run_neither_duplicates_nor_loses_work(cluster):
     wait_phase(c, "MaskPretrainJob", "after", "Pending")
     if c.emulated:
         assert c.requests_for("POST", "Job") == 2
+
+
+def test_resync_recovers_a_lost_job_event(cluster, monkeypatch):
+    from freeatm.operator import handlers
+
+    c = cluster
+    c.stop_operator()
+    c.config = replace(c.config, resync_seconds=1.0)
+    touch = handlers.touch
+
+    def lossy(ctx, kind, namespace, name, why):  # every wake-up from a Job gets lost
+        if why.startswith("Job/"):
+            raise RuntimeError("lost")
+        touch(ctx, kind, namespace, name, why)
+
+    monkeypatch.setattr(handlers, "touch", lossy)
+    c.start_operator()
+    c.create(sds("lossy"))
+    wait_phase(c, "SyntheticDataset", "lossy", "Pending")
+
+    def wake() -> str:
+        return (c.get("SyntheticDataset", "lossy")["metadata"].get("annotations") or {}).get(
+            handlers.ANNOTATION_WAKE, ""
+        )
+
+    # A first resync proves the resource idle: no event of the operator's own is still on its way.
+    idle = wait_for(lambda: wake().startswith("resync@") and wake(), what="a resync of the idle resource")
+    c.job_succeeded("lossy-gen", [{"uri": f"{NS_OUT}/lossy", "manifestDigest": "sha256:2"}])
+    assert wait_phase(c, "SyntheticDataset", "lossy", "Succeeded")["outputs"]["manifestDigest"] == "sha256:2"
+    assert wake().startswith("resync@") and wake() != idle
 
 
 def test_retries_exhausted(cluster):
