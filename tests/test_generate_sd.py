@@ -59,8 +59,13 @@ def tiny_stable_diffusion(path: Path) -> None:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDIMScheduler(
-            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
+        scheduler=DDIMScheduler(  # Stable Diffusion 1.5's scheduler config
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
         ),
         safety_checker=None,
         feature_extractor=None,
