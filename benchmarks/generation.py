@@ -141,7 +141,7 @@ def sd15_workload(
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     text = torch.randn(2, 77, 768, generator=torch.Generator().manual_seed(1)).to(device)  # [uncond, cond]
     noise = torch.randn(1, 4, latent, latent, generator=torch.Generator().manual_seed(2)).to(device)
-    columns = torch.tensor([[2, 3, 5]])
+    columns = torch.tensor([[2, 3, 5]], device=device)
     levels = [latent // 4, latent // 2]  # SD's 16 and 32 at 512 px: UNet levels 2 and 1
 
     @torch.no_grad()

@@ -81,7 +81,9 @@ class AttentionStore:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def begin(self, batch_size: int, cfg: bool, columns: torch.Tensor) -> None:
-        """Arm the store for one pipeline call; `columns` (B × J, long) are the token positions to keep."""
+        """Arm the store for one pipeline call; `columns` (B × J, long) are the token positions to keep.
+
+        `columns` must be on the UNet's device: moving them in every captured layer would block on a GPU."""
         self.armed, self.active = True, False
         self.batch_size, self.cfg = batch_size, cfg
         self.columns = columns
@@ -114,8 +116,7 @@ class AttentionStore:
         """Add head-averaged cross-attention `probs` (B × heads × r² × T, conditional rows) at `resolution`."""
         assert self.columns is not None
         mean = probs.mean(dim=1)  # B × r² × T
-        columns = self.columns.to(mean.device)
-        kept = mean.gather(2, columns[:, None, :].expand(-1, mean.shape[1], -1))  # B × r² × J
+        kept = mean.gather(2, self.columns[:, None, :].expand(-1, mean.shape[1], -1))  # B × r² × J
         if resolution in self.cross:
             self.cross[resolution] += kept
             self.cross_count[resolution] += 1

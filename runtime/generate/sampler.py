@@ -129,7 +129,7 @@ class Sampler:
         dtype = pipe.unet.dtype
         cfg = g.guidance_scale > 1.0
         if self.store is not None:
-            self.store.begin(len(items), cfg, columns)
+            self.store.begin(len(items), cfg, columns.to(pipe.device))
         try:
             kwargs: dict[str, Any] = {}
             if cfg and self.negative_prompt:
