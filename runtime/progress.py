@@ -86,14 +86,16 @@ def log_sink(progress: dict[str, Any]) -> None:
 def sinks_from_env() -> list[Sink]:
     """The sinks this process should report to: FREEATM_PROGRESS_FILE, the resource status in-cluster, the log.
 
-    Only rank 0 reports (RANK unset or 0).
+    Only rank 0 of a torchrun group reports (RANK unset or 0). Of an Indexed Job's pods (generation workers, which
+    have no RANK) each writes its own progress file and log, but only index 0 patches the resource's status, so
+    that N workers do not overwrite each other's done/total several times a second.
     """
     if os.environ.get("RANK", "0") != "0":
         return []
     sinks: list[Sink] = [log_sink]
     if path := os.environ.get("FREEATM_PROGRESS_FILE"):
         sinks.append(file_sink(Path(path)))
-    if os.environ.get("FREEATM_RESOURCE"):
+    if os.environ.get("FREEATM_RESOURCE") and os.environ.get("JOB_COMPLETION_INDEX", "0") == "0":
         from .status_patch import status_sink
 
         sinks.append(status_sink())

@@ -8,6 +8,7 @@ status subresource with the pod's ServiceAccount (RBAC: patch on <plural>/status
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -33,8 +34,20 @@ def parse_target(value: str) -> tuple[str, str, str]:
 
 
 def progress_body(progress: dict[str, Any]) -> dict[str, Any]:
-    """The merge patch for `progress`: only the fields the CRD declares (the API server would prune the rest)."""
-    return {"status": {"progress": {k: v for k, v in progress.items() if k in PROGRESS_FIELDS}}}
+    """The merge patch for `progress`: only the fields the CRD declares (the API server would prune the rest).
+
+    A non-finite number (a NaN loss, an infinite rate) is sent as null: JSON has no NaN, and the API server
+    answers 400 to the whole patch.
+    """
+    return {
+        "status": {
+            "progress": {
+                k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in progress.items()
+                if k in PROGRESS_FIELDS
+            }
+        }
+    }
 
 
 def _api_client() -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -67,3 +68,47 @@ def test_reporter_patches_the_status_subresource(cluster):
     assert progress["unit"] == "steps" and progress["percent"] == 20 and progress["message"] == "training"
     # it went through the status subresource
     assert any(str(r.url).endswith("/maskpretrainjobs/p1/status") for r in list(cluster.emulator))
+
+
+def test_a_non_finite_number_cannot_break_the_patch():
+    body = progress_body({"done": 1, "loss": float("nan"), "rate": float("inf"), "etaSeconds": 2.0})
+    assert body == {"status": {"progress": {"done": 1, "loss": None, "rate": None, "etaSeconds": 2.0}}}
+    json.dumps(body, allow_nan=False)  # what the API server accepts
+
+
+def test_a_nan_loss_is_patched_without_an_error(cluster):
+    cluster.create(
+        {
+            "kind": "MaskPretrainJob",
+            "metadata": {"name": "p2"},
+            "spec": {"dataset": {"uri": "file:///d"}, "output": {"uri": "file:///o"}},
+        }
+    )
+    sink = status_sink(
+        f"MaskPretrainJob/{cluster.namespace}/p2", kubernetes.client.ApiClient(cluster.configuration)
+    )
+    sink({"done": 5, "total": 10, "loss": float("nan")})
+    assert cluster.status("MaskPretrainJob", "p2")["progress"] == {"done": 5, "total": 10}
+
+
+@pytest.mark.parametrize(
+    ("env", "to_status"),
+    [
+        ({}, True),
+        ({"JOB_COMPLETION_INDEX": "0"}, True),
+        ({"JOB_COMPLETION_INDEX": "1"}, False),  # generation worker 1 of an Indexed Job
+        ({"RANK": "0", "JOB_COMPLETION_INDEX": "0"}, True),
+        ({"RANK": "3"}, False),
+    ],
+)
+def test_only_worker_0_patches_the_status(env, to_status, monkeypatch):
+    from freeatm.runtime import progress
+
+    for key in ("RANK", "JOB_COMPLETION_INDEX", "FREEATM_PROGRESS_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("FREEATM_RESOURCE", "SyntheticDataset/ns/d")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("freeatm.runtime.status_patch.status_sink", lambda: "status-sink")
+    sinks = progress.sinks_from_env()
+    assert ("status-sink" in sinks) == to_status
