@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.control_plane import ControlPlane, kube_bin
+from tests.pod_executor import PodExecutor
 from tests.s3_server import S3Server, S3Unavailable, s3_server
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +32,42 @@ def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
     return s3
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The real control plane (tests/control_plane.py) with the freeatm CRDs of crds/ applied by kubectl.
+
+    Without the binaries (no Go on this machine) the real tier is skipped, saying so; where
+    FREEATM_REQUIRE_CONTROL_PLANE is set (`make test` with Go, so CI) it fails instead.
+    """
+    binaries = kube_bin()
+    if binaries is None:
+        why = "no control-plane binaries: run `bash .ci/build-control-plane.sh` (needs Go)"
+        if os.environ.get("FREEATM_REQUIRE_CONTROL_PLANE"):
+            pytest.fail(why)
+        pytest.skip(why)
+    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"), binaries)
+    try:
+        plane.start()
+        plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodExecutor]:
+    """The test-harness node that runs the pods the real scheduler binds (tests/pod_executor.py)."""
+    executor = PodExecutor(
+        control_plane.admin_kubeconfig,
+        control_plane.server,
+        control_plane.ca_file,
+        workdir=tmp_path_factory.mktemp("node"),
+        extra_path=str(Path(sys.executable).parent),
+    ).start()
+    try:
+        yield executor
+    finally:
+        executor.stop()

@@ -1,10 +1,9 @@
-"""A cluster for the operator's scenario tests: kmock in-process by default, a real cluster when configured.
+"""The clusters of the operator's scenario tests: kmock in-process (fast), and the real control plane.
 
-    FREEATM_E2E_KUBECONFIG=~/.kube/config pytest tests/test_operator_scenarios.py
-
-runs the same scenarios against that cluster (the CRDs must be installed; a fresh namespace is created and
-deleted). The scenarios talk to both through the same HTTP API (the `kubernetes` client), and play the Job
-controller by writing Job and pod status, as kmock has no controllers.
+The scenarios talk to both through the same HTTP API (the `kubernetes` client). On kmock, which has no
+controllers, the harness plays the Job controller by writing Job and pod status; on the real control plane
+(tests/control_plane.py) the real Job controller runs, and the harness only decides how each pod ends
+(tests/pod_executor.py plays the node).
 
 kmock quirks handled here (DESIGN §8): its bundled resource list is loaded and the CRDs are declared in its
 discovery; objects are created through HTTP (direct writes send no watch event); metadata.resourceVersion, uid
@@ -16,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
+import json
 import threading
 import time
 import uuid
@@ -25,18 +24,12 @@ from typing import Any
 
 import kubernetes.client
 
-from freeatm.api import API_VERSION, GROUP, KINDS, VERSION
-from freeatm.api.crd import crd_for
+from freeatm.api import API_VERSION, KINDS
 from freeatm.operator.config import OperatorConfig
 from freeatm.operator.kube import Kube, load_configuration, resource_path
 from freeatm.operator.main import operator
 
-E2E_ENV = "FREEATM_E2E_KUBECONFIG"
 _rv = itertools.count(1000)
-
-
-def e2e_kubeconfig() -> str | None:
-    return os.environ.get(E2E_ENV) or None
 
 
 class _LoopThread:
@@ -76,12 +69,6 @@ class Cluster:
     def create(self, doc: dict[str, Any]) -> dict[str, Any]:
         doc = {**doc, "metadata": {**doc["metadata"], "namespace": self.namespace}}
         doc.setdefault("apiVersion", API_VERSION if doc["kind"] in KINDS else "v1")
-        if not self.emulated and doc["kind"] in KINDS:
-            # On a real cluster the Job controller runs: keep the workload pods unscheduled, the test plays them.
-            doc["spec"] = {
-                **doc["spec"],
-                "nodeSelector": {**doc["spec"].get("nodeSelector", {}), "freeatm.io/e2e": "unschedulable"},
-            }
         if self.emulated:  # what the API server would assign
             doc["metadata"].setdefault("uid", str(uuid.uuid4()))
             doc["metadata"].setdefault(
@@ -176,8 +163,6 @@ class Cluster:
         message: dict[str, Any] | None = None,
         conditions: list[dict[str, Any]] | None = None,
     ) -> None:
-        import json
-
         name = f"{job}-{index}-{uuid.uuid4().hex[:5]}"
         pod = {
             "apiVersion": "v1",
@@ -345,36 +330,110 @@ class KmockCluster(Cluster):
             self._loop.stop()
 
 
-class RealCluster(Cluster):
-    """A real cluster from FREEATM_E2E_KUBECONFIG, in a fresh namespace (CRDs must be installed or installable)."""
+class ControlPlaneCluster(Cluster):
+    """The real control plane of tests/control_plane.py, in a fresh namespace; the pod executor plays the node.
+
+    Pods of this namespace are scripted (tests/pod_executor.py): the `job_*` methods end them with the exit
+    codes and termination messages a scenario asks for, and the real Job controller turns that into Job status
+    (podFailurePolicy, backoffLimit, Indexed completions), as it would on any cluster.
+    """
 
     emulated = False
 
-    def __init__(self, kubeconfig: str) -> None:
-        cfg = load_configuration(kubeconfig)
-        ns = f"freeatm-e2e-{uuid.uuid4().hex[:6]}"
+    def __init__(self, plane: Any, executor: Any) -> None:
+        cfg = load_configuration(str(plane.admin_kubeconfig))
+        ns = f"e2e-{uuid.uuid4().hex[:8]}"
         super().__init__(cfg, ns)
-        for kind in KINDS:
-            crd = crd_for(kind)
-            path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-            if self.api.get(f"{path}/{crd['metadata']['name']}") is None:
-                self.api.create(path, crd)
-        wait_for(lambda: self.api.get(f"/apis/{GROUP}/{VERSION}"), 60, "the CRDs to be served")
+        self.plane, self.executor = plane, executor
+        executor.script(ns)
         self.api.create(
             "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
         )
+        # Pods need the namespace's `default` ServiceAccount, which the service-account controller makes.
+        wait_for(lambda: self.api.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"), 30, "default SA")
 
-    def requests_for(self, method: str, kind: str) -> int:  # not observable on a real cluster
+    def requests_for(self, method: str, kind: str) -> int:  # not observable on a real API server
         return -1
 
+    def _job_status(self, name: str) -> dict[str, Any]:
+        return (self.job(name) or {}).get("status") or {}
+
+    def _failures(self, name: str) -> int:
+        return int(self._job_status(name).get("failed") or 0)
+
+    def _finished(self, name: str) -> str | None:
+        for cond in self._job_status(name).get("conditions") or []:
+            if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+                return cond["type"]
+        return None
+
+    def _running(self, name: str, count: int = 1, timeout: float = 90) -> list[Any]:
+        return wait_for(
+            lambda: (r := self.executor.running(self.namespace, name)) and len(r) >= count and r,
+            timeout,
+            f"{count} running pod(s) of Job {name}",
+        )
+
+    def job_running(self, name: str, active: int = 1, failed: int = 0) -> None:
+        """`failed` pods have failed (exit 1) and `active` run: the Job controller counts both."""
+        while self._failures(name) < failed:
+            before = self._failures(name)
+            for c in self._running(name)[: failed - before]:
+                self.executor.finish(c, 1, "")
+            wait_for(lambda b=before: self._failures(name) > b, 30, f"Job {name} to count a failure")
+        self._running(name, active)
+        wait_for(lambda: self._job_status(name).get("ready") == active, 30, f"Job {name} ready={active}")
+
+    def job_succeeded(self, name: str, results: list[dict[str, Any]] | None = None) -> None:
+        """Every pod exits 0, index i with termination message results[i]; the Job controller completes it."""
+        job = wait_for(lambda: self.job(name), what=f"Job {name}")
+        results = results or []
+        parallel = min(int(job["spec"].get("completions") or 1), int(job["spec"].get("parallelism") or 1))
+        for c in self._running(name, parallel):
+            index = c.index or 0
+            self.executor.finish(c, 0, json.dumps(results[index] if index < len(results) else {}))
+        wait_for(lambda: self._finished(name) == "Complete", 60, f"Job {name} Complete")
+
+    def job_failed(
+        self, name: str, reason: str, failed: int, message: str = "", error: str | None = None
+    ) -> None:
+        """Bad input (exit 65: podFailurePolicy), or failures until backoffLimit: the Job controller fails it."""
+        if error is not None:
+            self.executor.finish(self._running(name)[0], 65, json.dumps({"error": error, "exitCode": 65}))
+        else:
+            deadline = time.monotonic() + 180
+            while self._finished(name) is None and time.monotonic() < deadline:
+                for c in self.executor.running(self.namespace, name):
+                    self.executor.finish(c, 1, "")
+                time.sleep(0.2)
+        wait_for(lambda: self._finished(name) == "Failed", 60, f"Job {name} Failed")
+        cond = next(c for c in self._job_status(name)["conditions"] if c["type"] == "Failed")
+        assert cond.get("reason") == reason, cond
+
+    def add_pod(
+        self,
+        job: str,
+        index: int,
+        exit_code: int,
+        message: dict[str, Any] | None = None,
+        conditions: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """The only pod a scenario adds on a real cluster is an eviction: the Eviction API evicts the running one."""
+        assert any(c.get("type") == "DisruptionTarget" for c in conditions or []), "only evictions are real"
+        c = next(c for c in self._running(job, index + 1) if (c.index or 0) == index)
+        self.api.create(
+            self.path("Pod", c.pod) + "/eviction",
+            {
+                "apiVersion": "policy/v1",
+                "kind": "Eviction",
+                "metadata": {"name": c.pod, "namespace": self.namespace},
+            },
+        )
+        wait_for(lambda: c.done.is_set(), 30, f"pod {c.pod} evicted")
+
     def close(self) -> None:
-        super().close()
         self.api.delete(f"/api/v1/namespaces/{self.namespace}")
-
-
-def make_cluster() -> Cluster:
-    path = e2e_kubeconfig()
-    return RealCluster(path) if path else KmockCluster()
+        super().close()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:

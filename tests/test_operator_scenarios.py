@@ -1,6 +1,8 @@
-"""Scenarios: the operator in-process against kmock (or a real cluster with FREEATM_E2E_KUBECONFIG).
+"""Scenarios: the operator in-process, against kmock and against the real control plane.
 
-The tests play the Job controller: they write Job and pod status as it would (tests/kmock_cluster.py).
+Each scenario runs on both tiers (tests/kmock_cluster.py): on kmock the harness plays the Job controller by
+writing Job and pod status; on the real control plane (tests/control_plane.py) the real Job, TTL and garbage-
+collector controllers run and the harness only decides how each pod ends (tests/pod_executor.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from openapi_schema_validator import OAS30Validator
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kmock_cluster import Cluster, make_cluster, wait_for  # noqa: E402
+from kmock_cluster import Cluster, ControlPlaneCluster, KmockCluster, wait_for  # noqa: E402
 
 from freeatm.api.crd import crd_for  # noqa: E402
 
@@ -54,9 +56,12 @@ def evj(name: str, checkpoints: list[str], **spec) -> dict:
     return {"kind": "EvalJob", "metadata": {"name": name}, "spec": {**base, **spec}}
 
 
-@pytest.fixture
-def cluster():
-    c = make_cluster()
+@pytest.fixture(params=["kmock", "real"])
+def cluster(request):
+    if request.param == "real":
+        c = ControlPlaneCluster(request.getfixturevalue("control_plane"), request.getfixturevalue("node"))
+    else:
+        c = KmockCluster()
     try:
         c.start_operator()
         yield c
