@@ -1,16 +1,20 @@
 """Thin kopf handlers: index the resources, reconcile on every event, wake owners and dependents.
 
-Level-triggered: every watch event of a freeatm resource runs one reconcile pass (operator/reconcile.py), whose
-status patch kopf applies. Two wake-ups make it event-driven rather than timer-driven:
+Level-triggered: every watch event of a freeatm resource runs one reconcile pass (operator/reconcile.py), which
+writes the status itself. Wake-ups make it event-driven rather than timer-driven:
 - a Job's status change touches its owner (an annotation patch → a watch event → a reconcile);
-- a resource's stored phase change touches the dependents that wait on it (found in the kopf index).
+- a resource's stored phase change touches the dependents that wait on it (found in the kopf index);
+- a pass that waits for something no event reports (pods not created or not scheduled, an old Job going away)
+  asks to look again: PENDING_POLL seconds, doubling up to POLL_MAX;
+- a pass that failed (the API server unreachable, a create forbidden by quota) is retried after RETRY_BASE
+  seconds, doubling up to RETRY_MAX — kopf retries only its change handlers, not event handlers, so the backoff
+  lives here, and it posts no Event per attempt.
 The resync is the safety net: a resource still in progress that has seen no event for
 `OperatorConfig.resync_seconds` is touched too (`resync`), so a lost Job event or a failed wake-up only delays it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,13 +31,14 @@ from . import metrics
 from .dependencies import DEPENDENCY_REASONS, Summary
 from .events import Event, event_object
 from .kube import resource_path
-from .reconcile import Context, delete_workload, job_owner, job_state, manifest, reconcile
-from .status import OWNED
+from .observe import ResourceKey, manifest
+from .reconcile import Context, delete_workload, job_owner, job_state, reconcile, signature
 from .workload import LABEL_MANAGED_BY, MANAGED_BY
 
 INDEX = "freeatm_resources"
 ANNOTATION_WAKE = "freeatm.io/wake"
-RETRY_SECONDS = 5.0
+RETRY_BASE, RETRY_MAX = 5.0, 300.0
+POLL_MAX = 30.0
 QUIET = ("Succeeded", "Failed", "Suspended")
 """Phases that only a spec change or a dependency's wake-up moves on: never resynced."""
 log = logging.getLogger("freeatm.operator")
@@ -106,14 +111,21 @@ def wake_dependents(
                 touch(ctx, dkind, ns, dname, f"{kind}/{name}={phase or 'Deleted'}")
 
 
-def signature(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a reconcile depends on in the resource itself: generation, wake-up annotation, operator-owned status."""
-    meta = body.get("metadata") or {}
-    status = body.get("status") or {}
-    owned = json.dumps(
-        {k: status.get(k) for k in OWNED if status.get(k) not in (None, [], 0)}, sort_keys=True
-    )
-    return (meta.get("generation"), (meta.get("annotations") or {}).get(ANNOTATION_WAKE), owned)
+def backoff(base: float, attempts: int, cap: float) -> float:
+    """base · 2^attempts, at most cap."""
+    return min(base * 2 ** min(attempts, 16), cap)
+
+
+def schedule(ctx: Context, key: ResourceKey, delay: float, why: str) -> None:
+    """Touch the resource after `delay` seconds (replacing an earlier scheduled touch)."""
+    timer = threading.Timer(delay, _safe_touch, (ctx, key.kind, key.namespace, key.name, why))
+    timer.daemon = True
+    with ctx.lock:
+        mem = ctx.memory(key)
+        if mem.timer is not None:
+            mem.timer.cancel()
+        mem.timer = timer
+    timer.start()
 
 
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
@@ -123,71 +135,63 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         return {(namespace or "default", body["kind"], name): summarize(body)}
 
     def reconcile_resource(
-        event: Mapping[str, Any],
-        body: kopf.Body,
-        patch: kopf.Patch,
-        namespace: str,
-        name: str,
-        logger: logging.Logger,
-        **kwargs: Any,
+        event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **kwargs: Any
     ) -> None:
         index = kwargs.get(INDEX)
-        kind, ns = body["kind"], namespace or "default"
-        key = (ns, kind, name)
-        with ctx.lock:
-            ctx.seen[key] = time.monotonic()
-        if event.get("type") == "DELETED":
-            gone = delete_workload(ctx.kube, kind, ns, name)
-            if gone:
-                logger.info("deleted %s", ", ".join(gone))
-            with ctx.lock:
-                ctx.phases.pop(key, None)
-                ctx.last_phase.pop(key, None)
-                ctx.written.pop(key, None)
-                ctx.seen.pop(key, None)
-            wake_dependents(ctx, index, ns, kind, name, None)
-            return
-        # Wake the dependents when this resource's stored phase changed (the index already holds it).
+        key = ResourceKey(body["kind"], namespace or "default", name)
         stored = (body.get("status") or {}).get("phase")
         with ctx.lock:
-            changed = key not in ctx.last_phase or ctx.last_phase[key] != stored
-            ctx.last_phase[key] = stored
-            memo = ctx.written.get(key)
-        if changed:
-            wake_dependents(ctx, index, ns, kind, name, stored)
-        if memo is not None and memo == signature(body):
-            return  # the echo of our own status patch, or a progress update: nothing to reconcile
+            mem = ctx.memory(key)
+            mem.seen_at = time.monotonic()
+            changed = not mem.known or mem.stored_phase != stored
+            mem.known, mem.stored_phase = True, stored
+            echo = mem.written is not None and mem.written == signature(body, ANNOTATION_WAKE)
+        if event.get("type") == "DELETED":
+            ctx.forget(key)
+            gone = delete_workload(ctx.kube, key)
+            if gone:
+                log.info("%s/%s/%s deleted: deleted %s", *key, ", ".join(gone))
+            wake_dependents(ctx, index, key.namespace, key.kind, name, None)
+            return
+        if changed:  # wake the dependents (the index already holds the new phase)
+            wake_dependents(ctx, index, key.namespace, key.kind, name, stored)
+        if echo:
+            return  # the echo of our own status write, or a progress update: nothing to reconcile
         started = time.perf_counter()
         try:
-            current: Mapping[str, Any] | None = body
-            if memo is not None and memo[2] != signature(body)[2]:
-                # kopf delivers on.event bodies as streamed, possibly older than our last status patch.
-                current = ctx.kube.get(resource_path(kind, ns, name))
-                if current is None:
-                    return
-            outcome = reconcile(current, _lookup(index, ns), ctx)
+            outcome = reconcile(key, _lookup(index, key.namespace), ctx)
         except Exception as e:
-            metrics.RECONCILES.labels(kind, "error").inc()
-            logger.warning("reconcile failed, retrying in %.0fs: %s", RETRY_SECONDS, e)
-            retry = threading.Timer(RETRY_SECONDS, _safe_touch, (ctx, kind, ns, name, "retry"))
-            retry.daemon = True
-            retry.start()
+            metrics.RECONCILES.labels(key.kind, "error").inc()
+            with ctx.lock:
+                delay = backoff(RETRY_BASE, mem.retries, RETRY_MAX)
+                mem.retries += 1
+            log.warning("reconcile of %s/%s/%s failed, retrying in %.0fs: %s", *key, delay, e)
+            schedule(ctx, key, delay, "retry")
             return
         finally:
-            metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
-        metrics.RECONCILES.labels(kind, "success").inc()
-        expected = {**(current.get("status") or {}), **outcome.patch}
+            metrics.RECONCILE_SECONDS.labels(key.kind).observe(time.perf_counter() - started)
+        if outcome is None:
+            return
+        metrics.RECONCILES.labels(key.kind, "success").inc()
         with ctx.lock:
-            ctx.written[key] = signature(
-                {**current, "status": {k: v for k, v in expected.items() if v is not None}}
-            )
-            ctx.phases[key] = outcome.phase
-        if outcome.patch:
-            patch.setdefault("status", {}).update(outcome.patch)
-        for jn in outcome.created:
-            logger.info("created %s", jn)
+            mem.written = signature(outcome.stored, ANNOTATION_WAKE)
+            mem.phase = outcome.phase
+            retry = backoff(RETRY_BASE, mem.retries, RETRY_MAX) if outcome.retry else None
+            mem.retries = mem.retries + 1 if outcome.retry else 0
+            poll = None
+            if outcome.requeue_after is not None:
+                poll = backoff(outcome.requeue_after, mem.polls, POLL_MAX)
+                mem.polls += 1
+            else:
+                mem.polls = 0
+        if retry is not None or poll is not None:
+            schedule(ctx, key, min(d for d in (retry, poll) if d is not None), "retry" if retry else "poll")
+        for what in outcome.created:
+            log.info("%s/%s/%s: created %s", *key, what)
+        for what in outcome.deleted:
+            log.info("%s/%s/%s: deleted %s", *key, what)
         if outcome.event is not None:
-            post_event(ctx, body, outcome.event)
+            post_event(ctx, outcome.stored, outcome.event)
 
     def follow_job(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         owner = job_owner(body)
@@ -196,17 +200,24 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         ns = namespace or "default"
         state = None if event.get("type") == "DELETED" else job_state(body)
         with ctx.lock:
-            before = ctx.last_job.get((ns, name))
-            # A Job first seen without any status is one its owner just created (or found): nothing new to tell.
-            changed = before != state and not (
-                before is None and state is not None and not any(state[1:5]) and not state[5]
-            )
+            before = ctx.jobs.get((ns, name))
+            changed = before != state and not (before is None and state is not None and state.blank)
             if state is None:
-                ctx.last_job.pop((ns, name), None)
+                ctx.jobs.pop((ns, name), None)
             else:
-                ctx.last_job[(ns, name)] = state
+                ctx.jobs[(ns, name)] = state
         if changed:
             _safe_touch(ctx, owner[0], ns, owner[1], f"Job/{name}")
+
+    def served(**_: Any) -> dict[str, Any]:
+        """/healthz: red while the API serves none of the three kinds (CRDs not installed yet, or deleted)."""
+        group = ctx.kube.get(f"/apis/{GROUP}/{VERSION}") or {}
+        kinds = sorted({r.get("kind") for r in group.get("resources") or []} & set(KINDS))
+        if not kinds:
+            raise kopf.PermanentError(
+                f"the API server serves no {GROUP}/{VERSION} kind: are the CRDs installed?"
+            )
+        return {"served": kinds}
 
     for info in KINDS.values():
         kopf.index(GROUP, VERSION, info.plural, id=INDEX, registry=registry)(freeatm_resources)
@@ -214,19 +225,22 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     kopf.on.event(
         "batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="follow-job", registry=registry
     )(follow_job)
+    kopf.on.probe(id="crds", registry=registry)(served)
 
 
-def resync(ctx: Context, now: float) -> list[tuple[str, str, str]]:
+def resync(ctx: Context, now: float) -> list[ResourceKey]:
     """Touch every resource in progress whose last event is `resync_seconds` old; return their keys."""
     with ctx.lock:
         stale = [
             key
-            for key, phase in ctx.phases.items()
-            if phase not in QUIET and now - ctx.seen.get(key, now) >= ctx.config.resync_seconds
+            for key, mem in ctx.resources.items()
+            if mem.phase is not None
+            and mem.phase not in QUIET
+            and now - mem.seen_at >= ctx.config.resync_seconds
         ]
         for key in stale:
-            ctx.seen[key] = now  # one touch per period, even when the touch itself is lost
-    for ns, kind, name in stale:
+            ctx.resources[key].seen_at = now  # one touch per period, even when the touch itself is lost
+    for kind, ns, name in stale:
         metrics.RESYNCS.labels(kind).inc()
         _safe_touch(ctx, kind, ns, name, "resync")
     return stale

@@ -19,7 +19,31 @@ from freeatm.api import GROUP, KINDS, VERSION
 
 
 class Conflict(Exception):
-    """The object already exists (HTTP 409)."""
+    """The object already exists, or changed since it was read (HTTP 409)."""
+
+
+class Rejected(Exception):
+    """The API server refused a write for good reason: invalid (422, 400) or forbidden (403: RBAC, quota,
+    admission). `message` is the server's own explanation."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+def _server_message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "{}").get("message") or e.reason)
+    except (ValueError, AttributeError):
+        return str(e.body or e.reason)
+
+
+def _write_error(e: ApiException, path: str) -> Exception:
+    if e.status == 409:
+        return Conflict(path)
+    if e.status in (400, 403, 422):
+        return Rejected(e.status, _server_message(e))
+    return e
 
 
 def load_configuration(
@@ -96,10 +120,17 @@ class Kube:
                 return None
             raise
 
-    def list(self, path: str, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """Items of a collection; the label selector is also applied here (kmock ignores it)."""
-        query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
-        items = (self._call("GET", path, query=query) or {}).get("items") or []
+    def list(
+        self, path: str, labels: dict[str, str] | None = None, fields: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Items of a collection; the label selector is also applied here (kmock ignores it). A field selector
+        only narrows what the server sends: callers check the fields they rely on."""
+        query = {}
+        if labels:
+            query["labelSelector"] = ",".join(f"{k}={v}" for k, v in labels.items())
+        if fields:
+            query["fieldSelector"] = ",".join(f"{k}={v}" for k, v in fields.items())
+        items = (self._call("GET", path, query=query or None) or {}).get("items") or []
         if labels:
             items = [
                 i
@@ -109,32 +140,36 @@ class Kube:
         return items
 
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The object as stored; raises Conflict (409) or Rejected (400, 403, 422)."""
         try:
             return self._call("POST", path, body)
         except ApiException as e:
-            if e.status == 409:
-                raise Conflict(path) from e
-            raise
+            raise _write_error(e, path) from e
 
     def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """JSON merge patch; None when the object is gone."""
+        """JSON merge patch; None when the object is gone. With metadata.resourceVersion in `body` the server
+        applies it only to that version (Conflict otherwise)."""
         try:
             return self._call("PATCH", path, body, content_type="application/merge-patch+json")
         except ApiException as e:
             if e.status == 404:
                 return None
-            raise
+            raise _write_error(e, path) from e
 
-    def delete(self, path: str) -> bool:
-        """Delete with background propagation (pods go with their Job); False when it was already gone."""
+    def delete(self, path: str, propagation: str = "Background", uid: str | None = None) -> bool:
+        """Delete (Background: dependents go afterwards; Foreground: the object stays, with a deletionTimestamp,
+        until its dependents are gone); `uid` deletes only that incarnation. False when it was already gone."""
+        options: dict[str, Any] = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": propagation,
+        }
+        if uid:
+            options["preconditions"] = {"uid": uid}
         try:
-            self._call(
-                "DELETE",
-                path,
-                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
-            )
+            self._call("DELETE", path, options)
             return True
         except ApiException as e:
-            if e.status == 404:
+            if e.status in (404, 409):  # gone, or a newer object of the same name (uid precondition)
                 return False
             raise

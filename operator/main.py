@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import kopf
 import kubernetes.client
+
+from freeatm.api import GROUP, KINDS, VERSION
 
 from . import metrics
 from .config import OperatorConfig
@@ -22,6 +23,8 @@ from .kube import Kube, load_configuration
 from .reconcile import Context
 
 log = logging.getLogger("freeatm.operator")
+DISCOVERY_SECONDS = 5.0
+"""How often the operator asks the API server which freeatm kinds it serves."""
 
 
 def connection_info(cfg: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
@@ -58,8 +61,9 @@ def build_registry(ctx: Context, cfg: kubernetes.client.Configuration) -> kopf.O
 
 def build_settings(namespaces: Sequence[str]) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
-    # Plain namespace names need no namespace scanning (nor the RBAC to list namespaces).
-    settings.scanning.disabled = not any(re.search(r"[*?\[!]", ns) for ns in namespaces)
+    # No kopf scanning: it would list and watch namespaces in namespaced mode (RBAC the chart does not grant
+    # there). CRDs appearing later are found by `watch_served_kinds` instead, through API discovery.
+    settings.scanning.disabled = True
     settings.posting.level = logging.WARNING  # Events: ours (one per transition) and kopf's warnings only
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
@@ -71,6 +75,41 @@ async def resync_loop(ctx: Context) -> None:
     while True:
         await asyncio.sleep(ctx.config.resync_seconds / 4)
         await asyncio.to_thread(resync, ctx, time.monotonic())
+
+
+def served_kinds(kube: Kube) -> frozenset[str] | None:
+    """The freeatm kinds the API server serves now (discovery needs no RBAC beyond being authenticated); None
+    when the server cannot be asked."""
+    try:
+        group = kube.get(f"/apis/{GROUP}/{VERSION}") or {}
+    except Exception as e:
+        log.warning("API discovery of %s/%s failed: %s", GROUP, VERSION, e)
+        return None
+    kinds = {r.get("kind") for r in group.get("resources") or [] if "/" not in str(r.get("name"))}
+    return frozenset(kinds & set(KINDS))
+
+
+async def watch_served_kinds(ctx: Context, started_with: frozenset[str]) -> None:
+    """Return once the served kinds differ from `started_with` (a CRD installed, deleted or recreated)."""
+    while True:
+        await asyncio.sleep(DISCOVERY_SECONDS)
+        kinds = await asyncio.to_thread(served_kinds, ctx.kube)
+        if kinds is None:
+            continue
+        ctx.served = kinds
+        if kinds != started_with:
+            return
+
+
+async def _until(flag: Any) -> None:
+    """Wait for an asyncio.Event or a threading.Event (None: forever)."""
+    if flag is None:
+        await asyncio.Event().wait()
+    elif isinstance(flag, asyncio.Event):
+        await flag.wait()
+    else:
+        while not flag.is_set():
+            await asyncio.sleep(0.1)
 
 
 async def operator(
@@ -91,23 +130,42 @@ async def operator(
     if serve_metrics:
         metrics.serve(config.metrics_port)
     namespaces = list(config.namespaces)
+    registry = build_registry(ctx, cfg)
     resyncing = asyncio.create_task(resync_loop(ctx)) if config.resync_seconds > 0 else None
     try:
-        await kopf.operator(
-            registry=build_registry(ctx, cfg),
-            settings=build_settings(namespaces),
-            namespaces=namespaces,
-            clusterwide=not namespaces,
-            standalone=True,
-            liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz"
-            if liveness and config.liveness_port
-            else None,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        )
+        while True:
+            # kopf serves the kinds it found at its start: when the set changes, it starts again.
+            ctx.served = await asyncio.to_thread(served_kinds, kube) or frozenset()
+            restart = asyncio.Event()
+            waiters = [
+                asyncio.create_task(_until(stop_flag)),
+                asyncio.create_task(watch_served_kinds(ctx, ctx.served)),
+            ]
+            for waiter in waiters:
+                waiter.add_done_callback(lambda _, flag=restart: flag.set())
+            try:
+                await kopf.operator(
+                    registry=registry,
+                    settings=build_settings(namespaces),
+                    namespaces=namespaces,
+                    clusterwide=not namespaces,
+                    standalone=True,
+                    liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz"
+                    if liveness and config.liveness_port
+                    else None,
+                    stop_flag=restart,
+                    ready_flag=ready_flag,
+                )
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if not restart.is_set() or (stop_flag is not None and stop_flag.is_set()):
+                break
+            log.info("served kinds changed: now %s; restarting the watches", ", ".join(sorted(ctx.served)))
     finally:
         if resyncing is not None:
             resyncing.cancel()
+        ctx.cancel_timers()
         kube.close()
 
 

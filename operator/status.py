@@ -25,24 +25,30 @@ JOB_FAILURE_REASONS = {
     "FailedIndexes": "BackoffLimitExceeded",
     "MaxFailedIndexesExceeded": "BackoffLimitExceeded",
 }
-# Reasons of a Failed status that come from the workload itself: final for this generation.
-WORKLOAD_FAILURES = {*JOB_FAILURE_REASONS.values(), "JobFailed"}
+# Reasons of a Failed status that are final for this generation (only a spec change starts a new run): the
+# workload's own failures, a Job the API server refused as invalid, a Job lost before its result was read.
+WORKLOAD_FAILURES = {*JOB_FAILURE_REASONS.values(), "JobFailed", "JobRejected", "JobLost"}
 
 
 @dataclass
 class Observation:
-    """What the reconciler saw (and did) in one pass."""
+    """What the status of one pass is computed from: what was observed, decided and done."""
 
     generation: int | None
     now: str
     invalid: list[tuple[str, str]] | None = None  # validation errors (path, message)
-    verdict: Verdict | None = None  # dependencies; None when not evaluated (a Job exists)
-    job: dict[str, Any] | None = None  # the Job as stored (None: no Job)
+    verdict: Verdict | None = None  # dependencies; None when not evaluated
+    job: dict[str, Any] | None = None  # the Job that serves this generation, as stored (None: no Job)
     suspend: bool = False  # spec.suspend
     output_uri: str | None = None  # spec.output.uri
     pod_results: list[dict[str, Any]] = field(default_factory=list)  # termination messages, index 0 last
+    running: bool | None = None  # whether one of the Job's pods runs; None: not looked (Job status decides)
+    pending: tuple[str, str] | None = None  # (reason, message): why the Job's pods do not run yet
     blocked: str | None = None  # why the Job could not be created (message)
     blocked_reason: str = "WaitingForDependencies"
+    rejected: tuple[str, str] | None = None  # (reason, API server's message): the Job's create was refused
+    lost: str | None = None  # the Job of this generation disappeared before its result was read
+    replacing: str | None = None  # the previous Job (and its pods) are going away; the new one follows
 
 
 def job_condition(job: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
@@ -107,6 +113,10 @@ def _phase(current: dict[str, Any], obs: Observation) -> tuple[str, str, str]:
     job = obs.job
     if obs.invalid is not None:
         return "Failed", "InvalidSpec", "invalid spec: " + "; ".join(f"{p}: {m}" for p, m in obs.invalid)
+    if obs.rejected is not None:
+        return "Failed", *obs.rejected
+    if obs.replacing is not None:
+        return "Pending", "ReplacingJob", obs.replacing
     if job is not None:
         name = job.get("metadata", {}).get("name")
         finished = job_finished(job)
@@ -123,11 +133,19 @@ def _phase(current: dict[str, Any], obs: Observation) -> tuple[str, str, str]:
         if (job.get("spec") or {}).get("suspend"):
             if obs.suspend:
                 return "Suspended", "Suspended", f"Job {name} is suspended (spec.suspend)"
-            return "Pending", "Queued", f"Job {name} is suspended, waiting for admission (e.g. by Kueue)"
+            queue = (job.get("metadata", {}).get("labels") or {}).get("kueue.x-k8s.io/queue-name")
+            if queue:
+                return "Pending", "Queued", f"Job {name} waits for Kueue to admit it (queue {queue})"
+            return "Pending", "Queued", f"Job {name} is suspended, waiting for admission"
         active = int(jstatus.get("active") or 0)
-        if active:
+        running = obs.running if obs.running is not None else bool(active)
+        if running or int(jstatus.get("ready") or 0):
             return "Running", "Running", f"Job {name}: {active} pod(s) active"
+        if obs.pending is not None:
+            return "Pending", *obs.pending
         return "Pending", "JobCreated", f"Job {name} created, waiting for pods"
+    if obs.lost is not None:
+        return "Failed", "JobLost", obs.lost
     phase = current.get("phase")
     reason = (get_condition(current.get("conditions"), "Ready") or {}).get("reason", "")
     if (
@@ -199,7 +217,8 @@ def desired_status(current: dict[str, Any] | None, obs: Observation) -> dict[str
             key not in status
             and key in current
             and phase in ("Succeeded", "Failed")
-            and reason not in ("InvalidSpec", "DependencyFailed", "DependencyCycle")
+            and reason not in ("InvalidSpec", "DependencyFailed", "DependencyCycle", "JobRejected")
+            and obs.rejected is None
         ):
             status[key] = current[key]
     return status

@@ -7,7 +7,6 @@ replaced by the dependency's output URI), see runtime/cli.py.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -28,8 +27,13 @@ LABEL_NAME = "freeatm.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "freeatm-operator"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
-ANNOTATION_GENERATION = "freeatm.io/generation"
-ANNOTATION_SPEC_HASH = "freeatm.io/spec-hash"
+ANNOTATION_GENERATION = "freeatm.io/generation"  # the resource's metadata.generation the Job serves
+ANNOTATION_SPEC_DIGEST = "freeatm.io/spec-digest"  # what the user declared (declared_digest)
+ANNOTATION_INPUTS_DIGEST = "freeatm.io/inputs-digest"  # the dependency outputs its refs resolved to
+RESULT_FINALIZER = "freeatm.io/result"
+"""On every workload pod: the pod (and, through blockOwnerDeletion, its Job) stays until the operator has read
+its termination message into the resource's status, so ttlSecondsAfterFinished cannot take the result first."""
+CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # set by the Job controller on the Job's pods
 CONTAINER = "runtime"
 JOB_SUFFIX = {"SyntheticDataset": "gen", "MaskPretrainJob": "train", "EvalJob": "eval"}
 
@@ -258,7 +262,10 @@ def render(
         pod_spec["priorityClassName"] = spec.priority_class_name
     if multi_node:
         pod_spec["subdomain"] = service_name(kind, name)
-    template: dict[str, Any] = {"metadata": {"labels": dict(labels)}, "spec": pod_spec}
+    template: dict[str, Any] = {
+        "metadata": {"labels": dict(labels), "finalizers": [RESULT_FINALIZER]},
+        "spec": pod_spec,
+    }
     if spec.pod_template:
         template = merge(template, spec.pod_template)
 
@@ -290,7 +297,9 @@ def render(
     job_labels = dict(labels)
     if spec.queue_name:
         job_labels[LABEL_QUEUE] = spec.queue_name
-    annotations = {ANNOTATION_SPEC_HASH: spec_hash(job_spec)}
+    annotations = {ANNOTATION_SPEC_DIGEST: declared_digest(resource)}
+    if (inputs := inputs_digest(resource, dependency_outputs or {})) is not None:
+        annotations[ANNOTATION_INPUTS_DIGEST] = inputs
     generation = _generation(resource)
     if generation is not None:
         annotations[ANNOTATION_GENERATION] = str(generation)
@@ -322,8 +331,39 @@ def render(
     return objects
 
 
-def spec_hash(job_spec: Mapping[str, Any]) -> str:
-    """Hash of what a Job runs, `suspend` excluded (suspending is a patch, not a new Job)."""
-    data = copy.deepcopy(dict(job_spec))
-    data.pop("suspend", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+def declared_digest(resource: Resource) -> str:
+    """Digest of the spec as the user wrote it, `suspend` excluded: equal digests mean the same work, whatever
+    the operator's configuration (runtime image, defaults of a newer version) renders around it."""
+    declared = resource.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    declared.pop("suspend", None)
+    return _digest(declared)
+
+
+def ref_dependencies(resource: Resource) -> list[tuple[str, str]]:
+    """The dependencies whose outputs the workload reads (dataset and checkpoint refs, not plain dependsOn)."""
+    explicit = {(d.kind, d.name) for d in resource.spec.depends_on}  # type: ignore[attr-defined]
+    return [d for d in resource.dependencies() if d not in explicit]
+
+
+def inputs_digest(resource: Resource, dependency_outputs: DependencyOutputs) -> str | None:
+    """Digest of the output URIs the refs resolve to; None while one of them is unknown."""
+    uris = {}
+    for kind, name in ref_dependencies(resource):
+        uri = (dependency_outputs.get((kind, name)) or {}).get("uri")
+        if not uri:
+            return None
+        uris[f"{kind}/{name}"] = uri
+    return _digest(uris)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def bind_service(service: dict[str, Any], job: Mapping[str, Any]) -> dict[str, Any]:
+    """The headless Service selecting the pods of exactly this Job (its controller uid), not those of an earlier
+    Job of the same name that are still terminating. Without a uid (an emulator) it keeps the workload labels."""
+    uid = (job.get("metadata") or {}).get("uid")
+    if not uid:
+        return service
+    return {**service, "spec": {**service["spec"], "selector": {CONTROLLER_UID: uid}}}

@@ -276,8 +276,8 @@ def test_resync_recovers_a_lost_job_event(cluster, monkeypatch):
     c.config = replace(c.config, resync_seconds=1.0)
     touch = handlers.touch
 
-    def lossy(ctx, kind, namespace, name, why):  # every wake-up from a Job gets lost
-        if why.startswith("Job/"):
+    def lossy(ctx, kind, namespace, name, why):  # every wake-up from a Job (and every poll) gets lost
+        if why.startswith("Job/") or why == "poll":
             raise RuntimeError("lost")
         touch(ctx, kind, namespace, name, why)
 
@@ -364,8 +364,8 @@ def test_spec_change_replaces_the_job_and_restarts_the_run(cluster):
     )
     assert second["metadata"]["annotations"]["freeatm.io/generation"] == "2"
     assert (
-        second["metadata"]["annotations"]["freeatm.io/spec-hash"]
-        != first["metadata"]["annotations"]["freeatm.io/spec-hash"]
+        second["metadata"]["annotations"]["freeatm.io/spec-digest"]
+        != first["metadata"]["annotations"]["freeatm.io/spec-digest"]
     )
     status = wait_phase(c, "SyntheticDataset", "changing", "Pending")
     assert status["observedGeneration"] == 2 and status.get("restarts", 0) == 0

@@ -14,8 +14,12 @@ import yaml
 from freeatm.api import parse_resource
 from freeatm.operator.config import OperatorConfig
 from freeatm.operator.workload import (
-    ANNOTATION_SPEC_HASH,
+    ANNOTATION_INPUTS_DIGEST,
+    ANNOTATION_SPEC_DIGEST,
+    CONTROLLER_UID,
+    RESULT_FINALIZER,
     MissingDependencyOutput,
+    bind_service,
     job_name,
     planned_outputs,
     render,
@@ -148,18 +152,37 @@ def test_job_settings_reach_the_job():
     kubernetes_validate.validate(job, "1.29", strict=True)
 
 
-def test_suspend_does_not_change_the_spec_hash():
+def test_the_spec_digest_is_what_the_user_declared():
+    def digest(job):
+        return job["metadata"]["annotations"][ANNOTATION_SPEC_DIGEST]
+
     (a,) = render(sds(suspend=False))
     (b,) = render(sds(suspend=True))
     (c,) = render(sds(workers=4))
+    assert digest(a) == digest(b) != digest(c)
+    (other_image,) = render(sds(), config=OperatorConfig(runtime_image="registry/freeatm-runtime:2.0"))
+    assert digest(other_image) == digest(a)  # a Helm upgrade of the runtime image changes no digest
+    outputs = {("SyntheticDataset", "shapes"): {"uri": "s3://b/d"}}
+    (t1,) = render(mpj(), outputs)
+    (t2,) = render(mpj(), {("SyntheticDataset", "shapes"): {"uri": "s3://b/other"}})
+    assert digest(t1) == digest(t2)
     assert (
-        a["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
-        == b["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
+        t1["metadata"]["annotations"][ANNOTATION_INPUTS_DIGEST]
+        != t2["metadata"]["annotations"][ANNOTATION_INPUTS_DIGEST]
     )
-    assert (
-        a["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
-        != c["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
-    )
+
+
+def test_pods_keep_their_result_until_the_operator_read_it():
+    (job,) = render(sds())
+    assert job["spec"]["template"]["metadata"]["finalizers"] == [RESULT_FINALIZER]
+
+
+def test_the_service_selects_the_pods_of_one_job_by_its_uid():
+    r = mpj(distributed={"nodes": 2, "gpusPerNode": 1})
+    job, svc = render(r, {("SyntheticDataset", "shapes"): {"uri": "s3://b/d"}})
+    bound = bind_service(svc, {**job, "metadata": {**job["metadata"], "uid": "u-7"}})
+    assert bound["spec"]["selector"] == {CONTROLLER_UID: "u-7"}
+    assert bind_service(svc, job) == svc  # no uid (an emulator): the workload labels
 
 
 def test_refs_are_resolved_from_dependency_outputs():
