@@ -164,6 +164,14 @@ def masks(ctx: typer.Context) -> None:
 
 
 @shapesbench.command(context_settings=PASS_THROUGH)
+def check(ctx: typer.Context) -> None:
+    """Measure how often the baseline's random crops miss every object of a variant (--help for the options)."""
+    from freeatm.runtime.shapesbench_check import main
+
+    raise typer.Exit(main(ctx.args))
+
+
+@shapesbench.command(context_settings=PASS_THROUGH)
 def study(ctx: typer.Context) -> None:
     """Pretrain baseline and mask-guided on ShapesBench and evaluate both (--help for the options)."""
     from freeatm.runtime.study import main

@@ -1,6 +1,9 @@
-"""ShapesBench scenes: deterministic, masks that match the pixels, and drawn-object recovery."""
+"""ShapesBench scenes (plain and clutter): deterministic, masks that match the pixels, drawn-object recovery, and
+the clutter variant's mechanism check."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -8,14 +11,21 @@ import pytest
 from freeatm.runtime.shapes import (
     BACKGROUND,
     CAPTION_WORDS,
+    CLUTTER_CAPTION_WORDS,
+    CLUTTER_SHAPES,
     COLOURS,
+    HUES,
     SHAPES,
     ObjectSpec,
     caption_for,
     find_drawn_objects,
     parse_caption,
+    render,
+    render_clutter_scene,
     render_scene,
+    shapes_of,
 )
+from freeatm.runtime.shapesbench_check import MIN_PAIR_DISJOINT, MIN_VIEW_MISS, main, mechanism_check
 
 
 def test_scenes_are_deterministic_per_seed_and_index() -> None:
@@ -91,3 +101,77 @@ def test_speckle_noise_is_not_an_object() -> None:
     rng = np.random.default_rng(1)
     speckle = (rng.integers(0, 2, (32, 32, 3)) * 255).astype(np.uint8)
     assert not any(f.drawn for f in find_drawn_objects(speckle, [ObjectSpec("square", c) for c in COLOURS]))
+
+
+# --- clutter -----------------------------------------------------------------------------------------------------
+
+
+def test_clutter_scenes_are_deterministic_and_differ_from_plain() -> None:
+    first, again = render_clutter_scene(3, 17), render(3, 17, variant="clutter")
+    assert np.array_equal(first.image, again.image) and first.caption == again.caption
+    assert first.variant == "clutter" and render(3, 17).variant == "plain"
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(first.objects, again.objects, strict=True))
+    assert not np.array_equal(first.image, render_clutter_scene(3, 18).image)
+    assert not np.array_equal(first.image, render_clutter_scene(4, 17).image)
+    with pytest.raises(ValueError, match="unknown ShapesBench variant 'busy'"):
+        render(3, 17, variant="busy")
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_clutter_objects_masks_and_distractors(size: int) -> None:
+    sides = []
+    for index in range(200):
+        scene = render_clutter_scene(0, index, size=size)
+        assert scene.image.shape == (size, size, 3) and scene.image.dtype == np.uint8
+        assert 2 <= len(scene.objects) <= 4 and 0 <= len(scene.distractors) <= 2
+        assert len({obj.colour for obj in scene.objects}) == 1  # only shape tells the objects apart
+        colour = scene.image[scene.objects[0].mask][0]
+        covered = np.zeros((size, size), dtype=bool)
+        for obj in [*scene.objects, *scene.distractors]:
+            mask = obj if isinstance(obj, np.ndarray) else obj.mask
+            assert mask.any() and not (covered & mask).any()
+            covered |= mask
+        for obj in scene.objects:
+            assert obj.shape in CLUTTER_SHAPES and obj.colour in HUES
+            assert (scene.image[obj.mask] == colour).all()
+            x0, y0, x1, y1 = obj.box
+            sides.append(max(x1 - x0, y1 - y0) * 32 / size)
+        labels = scene.label_map()
+        assert labels.max() == len(scene.objects) and not labels[np.any(scene.distractors, axis=0)].any()
+        background = scene.image[~covered].astype(int)
+        assert background.std(axis=0).mean() > 10  # textured, not flat
+    assert min(sides) >= 4.5 and max(sides) <= 10.5  # 5-10 px at 32 px, scaled with the size
+
+
+def test_clutter_counts_shapes_and_captions() -> None:
+    scenes = [render_clutter_scene(2, i) for i in range(300)]
+    assert {len(s.objects) for s in scenes} == {2, 3, 4}
+    assert {len(s.distractors) for s in scenes} == {0, 1, 2}
+    assert {o.shape for s in scenes for o in s.objects} == set(CLUTTER_SHAPES) == set(shapes_of("clutter"))
+    assert len({s.objects[0].colour for s in scenes}) == len(HUES)
+    scene = scenes[0]
+    assert parse_caption(scene.caption, "clutter") == [ObjectSpec(o.shape, o.colour) for o in scene.objects]
+    assert set(scene.caption.split()) <= set(CLUTTER_CAPTION_WORDS)
+    with pytest.raises(ValueError):
+        parse_caption("a red ring")  # not a plain ShapesBench caption
+    assert shapes_of("plain") == SHAPES
+
+
+def test_mechanism_check_holds_on_clutter_and_fails_on_plain() -> None:
+    clutter = mechanism_check("clutter", 400)
+    assert clutter.view_miss_share >= MIN_VIEW_MISS and clutter.pair_disjoint_share >= MIN_PAIR_DISJOINT
+    assert clutter.passed and clutter.pairs == 1600 and clutter.visible_share == 0.3
+    assert clutter.scale == (0.08, 1.0)  # the contrastive baseline's RandomResizedCrop
+    plain = mechanism_check("plain", 200)
+    assert not plain.passed and plain.pair_disjoint_share < MIN_PAIR_DISJOINT
+
+
+def test_mechanism_check_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--images", "64"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "views that miss every object" in out[1]
+    assert json.loads(out[-1])["passed"] is True
+    assert main(["--variant", "plain", "--images", "64"]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--images", "0"])
+    assert exit_info.value.code == 2
