@@ -17,6 +17,14 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Job names get suffixes (-gen, -train, -eval, pod index): keep resource names well below 63 characters.
 MAX_NAME_LENGTH = 48
 
+# Label keys and values as the API server checks them (apimachinery validation.IsQualifiedName / IsValidLabelValue).
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# resource.Quantity: a decimal number with an optional binary or decimal suffix or exponent.
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+# Resources that are not extended resources (their requests need no limits).
+_NATIVE_RESOURCES = ("cpu", "memory", "ephemeral-storage", "storage")
+
 _CREDENTIAL_KEY = re.compile(
     r"(?i)^(aws_?)?(access_?key(_?id)?|secret(_?access)?_?key|secret|password|passwd|token|session_?token|credentials?)$"
 )
@@ -88,6 +96,31 @@ def find_inline_credentials(value: Any, path: str = "spec") -> list[str]:
     return found
 
 
+def label_key_problem(key: str) -> str | None:
+    """Why `key` is not a valid label key (or nodeSelector key), or None."""
+    prefix, _, name = key.rpartition("/")
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        return (
+            f"{key!r} is not a valid label key: the name part must be 1–63 characters of letters, digits, "
+            "'-', '_' or '.', starting and ending with a letter or digit"
+        )
+    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return (
+            f"{key!r} is not a valid label key: the prefix before '/' must be a DNS subdomain (example.com)"
+        )
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    """Why `value` is not a valid label value, or None."""
+    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
+        return (
+            f"{value!r} is not a valid label value: at most 63 characters of letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    return None
+
+
 class SecretRef(Model):
     """A Secret in the resource's namespace whose keys become the pod's environment (AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, HF_TOKEN)."""
@@ -136,6 +169,21 @@ class Toleration(Model):
     toleration_seconds: int | None = Field(default=None, ge=0)
     """How long a NoExecute taint is tolerated."""
 
+    @model_validator(mode="after")
+    def _as_the_api_server_checks(self) -> Toleration:
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(
+                f"tolerationSeconds applies only to effect NoExecute (effect is {self.effect or 'unset'}): "
+                "set effect: NoExecute or remove tolerationSeconds"
+            )
+        if self.operator == "Exists" and self.value:
+            raise ValueError("operator Exists matches any value: remove value, or use operator Equal")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without key must use operator Exists (it matches every taint)")
+        if self.key and (problem := label_key_problem(self.key)):
+            raise ValueError(f"key {problem}")
+        return self
+
 
 class Resources(Model):
     """Compute resources of each workload container (core/v1 ResourceRequirements)."""
@@ -144,6 +192,28 @@ class Resources(Model):
     """Minimum resources, e.g. {cpu: 4, memory: 16Gi}."""
     limits: dict[str, Quantity] = Field(default_factory=dict)
     """Maximum resources, e.g. {nvidia.com/gpu: 1}."""
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, values: dict[str, str | int]) -> dict[str, str | int]:
+        for name, q in values.items():
+            if isinstance(q, bool) or (isinstance(q, int) and q < 0) or not _QUANTITY.match(str(q)):
+                raise ValueError(f"{name}: {q!r} is not a quantity (e.g. 500m, 2, 16Gi, 1.5)")
+        return values
+
+    @model_validator(mode="after")
+    def _extended_resources_need_limits(self) -> Resources:
+        for name, q in self.requests.items():
+            if name in _NATIVE_RESOURCES or name.startswith("hugepages-"):
+                continue
+            if name not in self.limits:
+                raise ValueError(
+                    f"requests.{name} needs limits.{name} too: an extended resource (a GPU) cannot be "
+                    "overcommitted, so Kubernetes asks for both, equal (or only the limit)"
+                )
+            if str(self.limits[name]) != str(q):
+                raise ValueError(f"requests.{name} ({q}) must equal limits.{name} ({self.limits[name]})")
+        return self
 
 
 class WorkloadSpec(Model):
@@ -177,6 +247,32 @@ class WorkloadSpec(Model):
     """Wall-clock limit of the workload in seconds."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the finished Job (not this resource) after this many seconds."""
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_selector(cls, selector: dict[str, str]) -> dict[str, str]:
+        for key, value in selector.items():
+            if problem := label_key_problem(key) or label_value_problem(value):
+                raise ValueError(problem)
+        return selector
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_label(cls, queue: str | None) -> str | None:
+        if queue is not None and (problem := label_value_problem(queue) or (None if queue else "empty")):
+            raise ValueError(f"it becomes the Job's label kueue.x-k8s.io/queue-name: {problem}")
+        return queue
+
+    @field_validator("pod_template")
+    @classmethod
+    def _pod_template(cls, template: dict[str, Any] | None) -> dict[str, Any] | None:
+        spec = (template or {}).get("spec")
+        if isinstance(spec, dict) and spec.get("restartPolicy", "Never") != "Never":
+            raise ValueError(
+                f"spec.restartPolicy {spec['restartPolicy']!r}: workload pods must use Never (the Job retries "
+                "failed pods itself, and its podFailurePolicy needs Never)"
+            )
+        return template
 
     @model_validator(mode="before")
     @classmethod

@@ -128,6 +128,12 @@ def crd_for(kind: str) -> dict[str, Any]:
     columns = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase"},
         {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+            "description": "Why it is in this phase (e.g. Unschedulable, ImagePullBackOff, FailedCreate, Queued)",
+        },
+        {
             "name": "Progress",
             "type": "integer",
             "jsonPath": ".status.progress.percent",
@@ -135,6 +141,13 @@ def crd_for(kind: str) -> dict[str, Any]:
         },
         *copy.deepcopy(PRINTER_COLUMNS[kind]),
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {
+            "name": "Message",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
+            "description": "The details, in the words of whoever knows (scheduler, API server, runtime)",
+            "priority": 1,
+        },
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -105,6 +105,56 @@ def test_dependencies_include_implicit_refs() -> None:
             "spec",
             "Secret",
         ),
+        # What the API server would refuse in the Job (a 422 the operator can only report): caught here.
+        (
+            SDS,
+            "tolerations",
+            [{"key": "gpu", "tolerationSeconds": 60}],
+            "spec.tolerations[0]",
+            "tolerationSeconds",
+        ),
+        (
+            SDS,
+            "tolerations",
+            [{"key": "gpu", "operator": "Exists", "value": "yes"}],
+            "spec.tolerations[0]",
+            "operator Exists",
+        ),
+        (SDS, "tolerations", [{"operator": "Equal", "value": "x"}], "spec.tolerations[0]", "without key"),
+        (
+            SDS,
+            "nodeSelector",
+            {"gpu type": "a100"},
+            "spec.nodeSelector",
+            "'gpu type' is not a valid label key",
+        ),
+        (SDS, "nodeSelector", {"-bad.io/x": "1"}, "spec.nodeSelector", "prefix"),
+        (SDS, "nodeSelector", {"gpu": "a" * 64}, "spec.nodeSelector", "not a valid label value"),
+        (SDS, "queueName", "q" * 64, "spec.queueName", "kueue.x-k8s.io/queue-name"),
+        (SDS, "queueName", "team a", "spec.queueName", "not a valid label value"),
+        (
+            SDS,
+            "resources",
+            {"requests": {"cpu": "lots"}},
+            "spec.resources.requests",
+            "cpu: 'lots' is not a quantity",
+        ),
+        (SDS, "resources", {"limits": {"memory": "16 GB"}}, "spec.resources.limits", "memory"),
+        (
+            SDS,
+            "resources",
+            {"requests": {"nvidia.com/gpu": 1}},
+            "spec.resources",
+            "requests.nvidia.com/gpu needs limits.nvidia.com/gpu",
+        ),
+        (
+            SDS,
+            "resources",
+            {"requests": {"nvidia.com/gpu": 2}, "limits": {"nvidia.com/gpu": 1}},
+            "spec.resources",
+            "must equal limits.nvidia.com/gpu",
+        ),
+        (SDS, "podTemplate", {"spec": {"restartPolicy": "OnFailure"}}, "spec.podTemplate", "restartPolicy"),
         (MPJ, "training", {"epochs": -1}, "spec.training.epochs", "greater than or equal to 1"),
         (MPJ, "dataset", {"ref": "a", "uri": "file:///d"}, "spec.dataset", "exactly one of ref"),
         (MPJ, "dataset", {}, "spec.dataset", "exactly one of ref"),
@@ -157,3 +207,21 @@ def test_method_switches_follow_use_masks() -> None:
         with_spec(MPJ, "method", {"framework": "mim", "objectWeightedLoss": True}), "backbone", "vit_tiny"
     )
     assert parse_resource(mim).spec.method.fixes() == {"guidedMasking": True, "objectWeightedLoss": True}
+
+
+def test_what_the_api_server_accepts_still_validates() -> None:
+    doc = copy.deepcopy(SDS)
+    doc["spec"].update(
+        tolerations=[
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            {"operator": "Exists"},
+        ],
+        nodeSelector={"kubernetes.io/arch": "amd64", "node.example.com/pool": ""},
+        queueName="team-a.gpu_queue",
+        resources={
+            "requests": {"cpu": "500m", "memory": "16Gi", "nvidia.com/gpu": 1, "ephemeral-storage": "1e9"},
+            "limits": {"memory": "16Gi", "nvidia.com/gpu": 1},
+        },
+        podTemplate={"spec": {"restartPolicy": "Never"}},
+    )
+    parse_resource(doc)

@@ -149,3 +149,29 @@ def test_crds_command_writes_what_is_committed(tmp_path: Path) -> None:
         assert (tmp_path / f.name).read_text() == f.read_text()
     printed = list(yaml.safe_load_all(freeatm("crds").stdout))
     assert {c["spec"]["names"]["shortNames"][0] for c in printed} == {"sds", "mpj", "evj"}
+
+
+def test_what_the_api_server_would_refuse_is_refused_here(tmp_path: Path) -> None:
+    """Each input the API server would reject in the Job gets one line naming the field."""
+    path = edit_quickstart(
+        tmp_path,
+        "SyntheticDataset",
+        lambda s: s.update(
+            tolerations=[{"key": "gpu", "operator": "Exists", "value": "yes"}],
+            nodeSelector={"bad key": "x"},
+            queueName="q" * 64,
+            resources={"requests": {"cpu": "lots"}},
+            podTemplate={"spec": {"restartPolicy": "OnFailure"}},
+        ),
+    )
+    out = freeatm("validate", "-f", path)
+    assert out.returncode == 1
+    text = out.stdout + out.stderr
+    for field, says in [
+        ("spec.tolerations[0]", "operator Exists"),
+        ("spec.nodeSelector", "'bad key' is not a valid label key"),
+        ("spec.queueName", "kueue.x-k8s.io/queue-name"),
+        ("spec.resources.requests", "cpu: 'lots' is not a quantity"),
+        ("spec.podTemplate", "restartPolicy 'OnFailure'"),
+    ]:
+        assert any(field in line and says in line for line in text.splitlines()), (field, text)
