@@ -31,8 +31,9 @@ class ModelSource(Model):
 class Prompts(Model):
     """Where prompts come from: exactly one of preset, classes (with templates) or file."""
 
-    preset: Literal["shapes"] | None = None
-    """A built-in prompt set: shapes (ShapesBench captions, for toy://shapes)."""
+    preset: Literal["shapes", "shapes-clutter"] | None = None
+    """A built-in prompt set: shapes (ShapesBench captions, for toy://shapes) or shapes-clutter (captions of the
+    ShapesBench clutter variant: 2-4 objects of six shapes in one colour)."""
     classes: list[str] | None = Field(default=None, min_length=1)
     """Object class names; each prompt is a template filled with one class, which is its object word."""
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}"], min_length=1)

@@ -175,3 +175,17 @@ def test_mechanism_check_cli(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--images", "0"])
     assert exit_info.value.code == 2
+
+
+def test_clutter_prompt_preset_follows_the_clutter_scenes() -> None:
+    from freeatm.api.synthetic_dataset import Prompts
+    from freeatm.runtime.generate.prompts import prompt_source
+
+    source = prompt_source(Prompts(preset="shapes-clutter"), seed=7)
+    assert source.classes == list(CLUTTER_SHAPES)
+    for i in range(10):
+        item, scene = source.item(i), render_clutter_scene(7, i)
+        assert item.prompt == scene.caption
+        assert [(o.word, o.cls, o.modifiers) for o in item.objects] == [
+            (o.shape, o.shape, (o.colour,)) for o in scene.objects
+        ]

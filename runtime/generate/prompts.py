@@ -1,8 +1,8 @@
 """Prompts and their object words, from the three sources of ``spec.prompts``, and their token positions.
 
-* ``preset: shapes`` — sample i is ShapesBench scene i of the dataset seed's stream
-  (:func:`freeatm.runtime.shapes.render_scene`): its caption is the prompt, each shape noun an object word
-  (class = the shape), its colour the modifier.
+* ``preset: shapes`` / ``shapes-clutter`` — sample i is ShapesBench scene i of the dataset seed's stream, plain
+  or clutter variant (:func:`freeatm.runtime.shapes.render`): its caption is the prompt, each shape noun an
+  object word (class = the shape), its colour the modifier.
 * ``classes`` × ``templates`` — sample i uses class ``classes[(i // perClass) % C]`` when ``perClass`` is set,
   else ``classes[i % C]`` (an even spread), and template ``templates[(i // C) % len(templates)]``; the class
   name is the object word (no modifiers).
@@ -70,19 +70,17 @@ class PromptSource:
 
 
 class ShapesPrompts(PromptSource):
-    def __init__(self, seed: int, size: int = 32) -> None:
-        from freeatm.runtime.shapes import SHAPES
+    def __init__(self, seed: int, size: int = 32, variant: str = "plain") -> None:
+        from freeatm.runtime.shapes import shapes_of
 
-        self.seed, self.size = seed, size
-        self.classes = list(SHAPES)
+        self.seed, self.size, self.variant = seed, size, variant
+        self.classes = list(shapes_of(variant))
 
     def item(self, index: int) -> PromptItem:
-        from freeatm.runtime.shapes import parse_caption, render_scene
+        from freeatm.runtime.shapes import render
 
-        caption = render_scene(self.seed, index, size=max(self.size, 16)).caption
-        return PromptItem(
-            caption, tuple(ObjectWord(o.word, o.shape, o.modifiers) for o in parse_caption(caption))
-        )
+        scene = render(self.seed, index, max(self.size, 16), self.variant)
+        return PromptItem(scene.caption, tuple(ObjectWord(o.word, o.shape, o.modifiers) for o in scene.objects))
 
 
 class ClassPrompts(PromptSource):
@@ -149,6 +147,8 @@ def prompt_source(prompts: Prompts, seed: int, resolution: int = 32) -> PromptSo
     """The source `prompts` describes; a prompts file is read (and checked) here."""
     if prompts.preset == "shapes":
         return ShapesPrompts(seed, resolution)
+    if prompts.preset == "shapes-clutter":
+        return ShapesPrompts(seed, resolution, "clutter")
     if prompts.classes is not None:
         return ClassPrompts(prompts.classes, prompts.templates, prompts.per_class)
     if prompts.file is not None:
