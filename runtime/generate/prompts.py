@@ -80,7 +80,9 @@ class ShapesPrompts(PromptSource):
         from freeatm.runtime.shapes import render
 
         scene = render(self.seed, index, max(self.size, 16), self.variant)
-        return PromptItem(scene.caption, tuple(ObjectWord(o.word, o.shape, o.modifiers) for o in scene.objects))
+        return PromptItem(
+            scene.caption, tuple(ObjectWord(o.word, o.shape, o.modifiers) for o in scene.objects)
+        )
 
 
 class ClassPrompts(PromptSource):
