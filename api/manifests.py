@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from .common import GROUP
 from .graph import describe_cycle, find_cycle
+from .pretrain_job import MaskPretrainJobSpec
 from .resources import KINDS, Resource, UnknownKind, error_lines, parse_resource
 
 
@@ -92,6 +93,10 @@ def load(files: list[Path]) -> Manifests:
                 continue
             out.sources[key] = str(file)
             out.resources.append(resource)
+            if isinstance(resource.spec, MaskPretrainJobSpec):  # type: ignore[attr-defined]
+                out.problems.extend(
+                    Problem("warning", str(file), label, p, m) for p, m in resource.spec.warnings()
+                )
     out.problems.extend(check_references(out))
     return out
 

@@ -9,7 +9,23 @@ from pydantic import Field, field_validator, model_validator
 from .common import Model, Output, SecretRef, WorkloadSpec, check_uri
 
 DATASET_SCHEMES = ("s3", "pvc", "file")
-BACKBONES = ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
+
+# The backbone names, the contract shared by MaskPretrainJob, its export and EvalJob: an architecture and the
+# geometry of its feature grid: the patch size of a ViT, the output stride of a ResNet. The plain name is the
+# architecture's standard geometry (ViT patch 16, ResNet stride 32); a suffix names another one.
+BACKBONE_GEOMETRY: dict[str, tuple[str, int]] = {
+    "resnet18": ("resnet18", 32),
+    "resnet18_os8": ("resnet18", 8),
+    "resnet50": ("resnet50", 32),
+    "resnet50_os8": ("resnet50", 8),
+    **{
+        f"{arch}{'' if patch == 16 else f'_patch{patch}'}": (arch, patch)
+        for arch in ("vit_tiny", "vit_small", "vit_base")
+        for patch in (16, 8, 4)
+    },
+}
+BACKBONES = tuple(BACKBONE_GEOMETRY)
+MIN_GRID = 4  # mask guidance needs at least this many feature cells per side (DESIGN §2)
 
 # Which Free-ATM fix belongs to which framework (DESIGN §2).
 FIXES: dict[str, tuple[str, ...]] = {
@@ -18,6 +34,49 @@ FIXES: dict[str, tuple[str, ...]] = {
 }
 # Fixes that are on by default when useMasks is true (the others are opt-in).
 DEFAULT_ON = {"mask_aware_crop", "object_contrast", "guided_masking"}
+
+
+def is_vit(backbone: str) -> bool:
+    return BACKBONE_GEOMETRY[backbone][0].startswith("vit")
+
+
+def feature_grid(backbone: str, image_size: int) -> int:
+    """Side of the square feature grid of `backbone` at `image_size` pixels (ResNet convolutions round up)."""
+    stride = BACKBONE_GEOMETRY[backbone][1]
+    return image_size // stride if is_vit(backbone) else -(-image_size // stride)
+
+
+def describe_geometry(backbone: str) -> str:
+    """The architecture and its patch size or output stride, in words."""
+    arch, stride = BACKBONE_GEOMETRY[backbone]
+    return f"{arch} with {'patch' if is_vit(backbone) else 'output stride'} {stride}"
+
+
+def _resolves(backbone: str, image_size: int) -> bool:
+    """The grid is at least MIN_GRID cells a side (and a ViT's patches tile the image)."""
+    patch = BACKBONE_GEOMETRY[backbone][1] if is_vit(backbone) else 1
+    return feature_grid(backbone, image_size) >= MIN_GRID and image_size % patch == 0
+
+
+def small_grid(backbone: str, image_size: int) -> str | None:
+    """What is wrong when the feature grid at `image_size` is below MIN_GRID×MIN_GRID, and what to change."""
+    grid = feature_grid(backbone, image_size)
+    if grid >= MIN_GRID:
+        return None
+    arch = BACKBONE_GEOMETRY[backbone][0]
+    others = [
+        f"{name} ({feature_grid(name, image_size)}×{feature_grid(name, image_size)})"
+        for name, (a, _) in BACKBONE_GEOMETRY.items()
+        if a == arch and _resolves(name, image_size)
+    ]
+    size = next(
+        s for s in range(image_size + 8, 100_000, 8) if _resolves(backbone, s)
+    )  # imageSize: multiples of 8
+    fix = f"set backbone to {' or '.join(others)}, or " if others else "set "
+    return (
+        f"{describe_geometry(backbone)} at imageSize {image_size} gives a {grid}×{grid} feature grid; "
+        f"mask guidance needs ≥ {MIN_GRID}×{MIN_GRID}: {fix}training.imageSize ≥ {size}"
+    )
 
 
 class DatasetSource(Model):
@@ -61,13 +120,21 @@ class Method(Model):
     object_weighted_loss: bool | None = None
     """mim: weight the reconstruction loss toward object patches (default off)."""
     temperature: float = Field(default=0.2, gt=0.0, le=10.0)
-    """Contrastive softmax temperature."""
+    """contrastive: softmax temperature of the image-level (SimCLR) loss."""
+    object_temperature: float = Field(default=0.1, gt=0.0, le=10.0)
+    """objectContrast: softmax temperature of the object-level term (DetCon's 0.1)."""
     object_loss_weight: float = Field(default=1.0, ge=0.0, le=100.0)
-    """Weight of the object-level term relative to the image-level loss."""
+    """objectContrast: weight of the object-level term added to the image-level loss (DetCon trains on the
+    object term alone, weight 1)."""
     min_object_share: float = Field(default=0.3, gt=0.0, le=1.0)
-    """mask-aware crop: share of the chosen object's pixels each crop must keep."""
+    """maskAwareCrop: share of the chosen object's pixels each crop must keep. Crop size and aspect are the
+    baseline's; only the position is chosen (among those that keep the share), and a crop for which no position
+    does keeps the baseline's position and is counted (freeatm_runtime_train_object_crop_misses)."""
     mask_ratio: float = Field(default=0.75, gt=0.0, lt=1.0)
     """mim: share of patches masked."""
+    hint_share: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """guidedMasking: share of each image's object patches kept visible as hints (AttMask-Hints); 0 masks
+    object patches first (AttMask-High)."""
 
     @model_validator(mode="after")
     def _switches(self) -> Method:
@@ -103,7 +170,8 @@ class Training(Model):
     batch_size: int = Field(default=256, ge=2, le=65_536)
     """Global batch size (split over all processes)."""
     lr: float = Field(default=1e-3, gt=0.0, le=100.0)
-    """Peak learning rate."""
+    """Base learning rate, for a batch of 256 images: the peak rate is lr × batchSize / 256 (the linear scaling
+    rule of SimCLR and MAE), reached after warm-up."""
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
     """Optimiser."""
     weight_decay: float = Field(default=0.05, ge=0.0, le=1.0)
@@ -147,7 +215,10 @@ class MaskPretrainJobSpec(WorkloadSpec):
     method: Method = Field(default_factory=Method)
     """Self-supervised method and Free-ATM switches."""
     backbone: Literal[BACKBONES] = "resnet18"  # type: ignore[valid-type]
-    """Backbone architecture (built from config; no weights are downloaded)."""
+    """Backbone (built from config; no weights are downloaded): the architecture and the geometry of its feature
+    grid. vit_*: patch 16, vit_*_patch8 / vit_*_patch4: patch 8 / 4; resnet*: output stride 32 (ImageNet stem),
+    resnet*_os8: stride 8 (3×3 stride-1 stem, no max-pool). The grid is imageSize / (patch or stride) per side;
+    mask guidance needs at least 4×4."""
     training: Training = Field(default_factory=Training)
     """Optimisation settings."""
     distributed: Distributed = Field(default_factory=Distributed)
@@ -157,14 +228,18 @@ class MaskPretrainJobSpec(WorkloadSpec):
 
     @model_validator(mode="after")
     def _consistent(self) -> MaskPretrainJobSpec:
-        if self.method.framework == "mim" and not self.backbone.startswith("vit"):
+        if self.method.framework == "mim" and not is_vit(self.backbone):
+            raise ValueError(f"framework mim (MAE) needs a ViT backbone (vit_*), not {self.backbone}")
+        patch = BACKBONE_GEOMETRY[self.backbone][1]
+        if is_vit(self.backbone) and self.training.image_size % patch:
             raise ValueError(
-                f"framework mim (MAE) needs a ViT backbone (vit_tiny, vit_small, vit_base), not {self.backbone}"
+                f"{self.backbone} uses {patch}-pixel patches: training.imageSize {self.training.image_size} "
+                f"must be a multiple of {patch}"
             )
-        if self.backbone.startswith("vit") and self.training.image_size % 16:
-            raise ValueError(
-                f"ViT backbones use 16-pixel patches: training.imageSize {self.training.image_size} must be a multiple of 16"
-            )
+        if self.mask_guided():
+            problem = small_grid(self.backbone, self.training.image_size)
+            if problem:
+                raise ValueError(problem)
         processes = self.distributed.nodes * max(self.distributed.gpus_per_node, 1)
         if self.training.batch_size % processes:
             raise ValueError(
@@ -174,6 +249,19 @@ class MaskPretrainJobSpec(WorkloadSpec):
         if self.training.precision != "fp32" and self.distributed.gpus_per_node == 0:
             raise ValueError(f"precision {self.training.precision} needs GPUs (distributed.gpusPerNode ≥ 1)")
         return self
+
+    def mask_guided(self) -> bool:
+        """True when any Free-ATM fix is on (useMasks and the fixes' switches)."""
+        return any(self.method.fixes().values())
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """(field path, message) of what is valid but probably not meant."""
+        problem = None if self.mask_guided() else small_grid(self.backbone, self.training.image_size)
+        if problem:
+            return [
+                ("spec.backbone", f"{problem} (this baseline trains, but no mask-guided job can match it)")
+            ]
+        return []
 
     def explicit_dependencies(self) -> list[tuple[str, str]]:
         deps = super().explicit_dependencies()

@@ -132,7 +132,7 @@ def run(
             message=p.message.replace("it must exist in the cluster", "local mode runs only these files"),
         )
         for p in result.problems
-        if p.severity == "warning" and p.path != "apiVersion/kind"
+        if p.severity == "warning" and "it must exist in the cluster" in p.message
     ]
     report(result.errors + missing)
     if result.errors or missing:

@@ -1,18 +1,23 @@
 """Vision backbones built from config (never downloaded), and the pretraining export that evaluation reads.
 
-One factory over a fixed set of names (the contract shared by MaskPretrainJob and EvalJob):
+One factory over a fixed set of names (the contract shared by MaskPretrainJob and EvalJob, defined in
+`freeatm.api.pretrain_job.BACKBONE_GEOMETRY`): the architecture and the geometry of its feature grid.
 
-    resnet18, resnet50            torchvision ResNets; below 96 px a CIFAR-style stem (3×3 conv, stride 1, no
-                                  max-pool) keeps a useful dense map: stride 8 instead of 32
-    vit_tiny, vit_small, vit_base timm ViTs with 16-pixel patches, any input size that is a multiple of 16
-                                  (position embeddings are interpolated)
+    resnet18, resnet50            torchvision ResNets, output stride 32 (the ImageNet stem: 7×7 stride-2 conv
+                                  and max-pool)
+    resnet18_os8, resnet50_os8    output stride 8: a 3×3 stride-1 stem conv and no max-pool (the CIFAR stem)
+    vit_tiny, vit_small, vit_base timm ViTs with 16-pixel patches; vit_*_patch8 and vit_*_patch4 with 8- and
+                                  4-pixel patches (timm's `patch_size`); any input size that is a multiple of
+                                  the patch (position embeddings are interpolated)
 
 Every backbone gives a dense feature map (`forward_features`, [B, C, h, w]; ViT: patch tokens, no class token)
 and a pooled global feature (`forward`, [B, C]: the mean of the dense map, after the final norm for ViTs).
+docs/backbones.md lists the grid each one gives at common sizes.
 
 A MaskPretrainJob writes `<output>/export/backbone.pt` (the backbone's state dict) and
-`<output>/export/metadata.json` (what the backbone is and how it was trained); `load_export` rebuilds it.
-`random://<backbone>[?imageSize=N]` loads a randomly initialised backbone as a baseline.
+`<output>/export/metadata.json` (what the backbone is and how it was trained); `load_export` rebuilds it from
+the name and image size written there. `random://<backbone>[?imageSize=N]` loads a randomly initialised
+backbone as a baseline.
 """
 
 from __future__ import annotations
@@ -25,14 +30,14 @@ from urllib.parse import parse_qs, urlsplit
 import torch
 from torch import Tensor, nn
 
+from freeatm.api.pretrain_job import BACKBONE_GEOMETRY, BACKBONES
+
 from .errors import InvalidInput
 from .storage import MissingKey, join, open_store
 
-BACKBONES = ("resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base")
 EXPORT_DIR = "export"
 WEIGHTS_FILE = f"{EXPORT_DIR}/backbone.pt"
 METADATA_FILE = f"{EXPORT_DIR}/metadata.json"
-SMALL_IMAGE = 96  # below this, ResNets use the CIFAR-style stem (stride 8)
 
 _TIMM_NAMES = {
     "vit_tiny": "vit_tiny_patch16_224",
@@ -50,11 +55,11 @@ class Backbone(nn.Module):
     patch_size_or_stride: int
     image_size: int
 
-    def __init__(self, name: str, image_size: int, body: nn.Module, stride: int) -> None:
+    def __init__(self, name: str, image_size: int, body: nn.Module) -> None:
         super().__init__()
         self.name, self.image_size = name, image_size
-        self.feature_dim = _FEATURE_DIMS[name]
-        self.patch_size_or_stride = stride
+        arch, self.patch_size_or_stride = BACKBONE_GEOMETRY[name]
+        self.feature_dim = _FEATURE_DIMS[arch]
         self.body = body
 
     @property
@@ -76,36 +81,43 @@ class Backbone(nn.Module):
         return self.forward_features(x).mean(dim=(2, 3))
 
 
-def _resnet(name: str, image_size: int) -> tuple[nn.Module, int]:
+def _resnet(arch: str, stride: int) -> nn.Module:
     import torchvision
 
-    body = getattr(torchvision.models, name)(weights=None)
+    body = getattr(torchvision.models, arch)(weights=None)
     body.fc = nn.Identity()
-    if image_size < SMALL_IMAGE:
+    if stride == 8:
         body.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(body.conv1.weight, mode="fan_out", nonlinearity="relu")
         body.maxpool = nn.Identity()
-        return body, 8
-    return body, 32
+    return body
 
 
-def _vit(name: str, image_size: int) -> tuple[nn.Module, int]:
+def _vit(arch: str, patch: int, image_size: int) -> nn.Module:
     import timm
 
-    body = timm.create_model(
-        _TIMM_NAMES[name], pretrained=False, num_classes=0, img_size=image_size, dynamic_img_size=True
+    return timm.create_model(
+        _TIMM_NAMES[arch],
+        pretrained=False,
+        num_classes=0,
+        patch_size=patch,
+        img_size=image_size,
+        dynamic_img_size=True,
     )
-    return body, 16
 
 
 def create_backbone(name: str, image_size: int = 224) -> Backbone:
     """Build backbone `name` for `image_size`-pixel inputs with random weights (nothing is downloaded)."""
-    if name not in BACKBONES:
+    if name not in BACKBONE_GEOMETRY:
         raise InvalidInput(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
-    if name.startswith("vit") and image_size % 16:
-        raise InvalidInput(f"{name} uses 16-pixel patches: image size {image_size} must be a multiple of 16")
-    body, stride = (_vit if name.startswith("vit") else _resnet)(name, image_size)
-    return Backbone(name, image_size, body, stride)
+    arch, stride = BACKBONE_GEOMETRY[name]
+    if arch.startswith("vit"):
+        if image_size % stride:
+            raise InvalidInput(
+                f"{name} uses {stride}-pixel patches: image size {image_size} must be a multiple of {stride}"
+            )
+        return Backbone(name, image_size, _vit(arch, stride, image_size))
+    return Backbone(name, image_size, _resnet(arch, stride))
 
 
 def _state_dict_bytes(backbone: Backbone) -> bytes:
@@ -181,9 +193,15 @@ def load_export(uri: str) -> tuple[Backbone, dict[str, Any]]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidInput(f"{meta_url} is not valid JSON: {e}") from e
     name, size = meta.get("backbone"), meta.get("imageSize", 224)
-    if name not in BACKBONES or not isinstance(size, int):
+    if name not in BACKBONE_GEOMETRY or not isinstance(size, int):
         raise InvalidInput(
             f"{meta_url}: cannot build backbone {name!r} at imageSize {size!r}; known: {', '.join(BACKBONES)}"
+        )
+    stride = meta.get("patchSizeOrStride", BACKBONE_GEOMETRY[name][1])
+    if stride != BACKBONE_GEOMETRY[name][1]:  # written before the names carried the geometry
+        raise InvalidInput(
+            f"{meta_url}: backbone {name} was trained with patch size or stride {stride}, but {name} now means "
+            f"{BACKBONE_GEOMETRY[name][1]}: retrain it"
         )
     backbone = create_backbone(name, size)
     weights_url = join(root, WEIGHTS_FILE)

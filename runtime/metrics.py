@@ -23,6 +23,14 @@ TRAIN_EPOCH = Gauge("freeatm_runtime_train_epoch", "Current epoch")
 TRAIN_THROUGHPUT = Gauge(
     "freeatm_runtime_train_images_per_second", "Training images per second (this process)"
 )
+TRAIN_OBJECT_CROPS = Counter("freeatm_runtime_train_object_crops", "Mask-aware crops made")
+TRAIN_OBJECT_CROP_MISSES = Counter(
+    "freeatm_runtime_train_object_crop_misses",
+    "Mask-aware crops that could not keep their object's share (they keep the baseline's position)",
+)
+TRAIN_MASKED_OBJECT_SHARE = Gauge(
+    "freeatm_runtime_train_masked_object_share", "Guided MAE masking: share of object area masked, last epoch"
+)
 EVAL_BENCHMARKS_DONE = Counter("freeatm_runtime_eval_benchmarks", "Benchmarks finished")
 EVAL_SCORE = Gauge("freeatm_runtime_eval_score", "Evaluation score", ["checkpoint", "benchmark", "metric"])
 EVAL_SECONDS = Histogram(

@@ -36,7 +36,8 @@ def pretrain_doc(
         "spec": {
             "dataset": {"uri": dataset_uri},
             "method": {"framework": framework, "useMasks": use_masks, **(method or {})},
-            "backbone": backbone or "vit_tiny",
+            "backbone": backbone
+            or "vit_tiny_patch8",  # 4×4 at 32 px: the smallest grid mask guidance accepts
             "training": {
                 "epochs": 1,
                 "batchSize": 8,

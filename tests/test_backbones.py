@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from pydantic import ValidationError
 
+from freeatm.api import parse_resource
+from freeatm.api.pretrain_job import feature_grid
 from freeatm.runtime.backbones import BACKBONES, create_backbone, load_export, save_export
 from freeatm.runtime.errors import InvalidInput
 
@@ -16,11 +23,13 @@ torch.set_num_threads(1)
 @pytest.mark.parametrize(
     ("name", "size", "dim", "stride"),
     [
-        ("resnet18", 32, 512, 8),
+        ("resnet18", 32, 512, 32),
         ("resnet18", 128, 512, 32),
-        ("resnet50", 32, 2048, 8),
+        ("resnet18_os8", 32, 512, 8),
+        ("resnet50_os8", 32, 2048, 8),
         ("vit_tiny", 32, 192, 16),
-        ("vit_small", 64, 384, 16),
+        ("vit_tiny_patch4", 32, 192, 4),
+        ("vit_small_patch8", 64, 384, 8),
         ("vit_base", 32, 768, 16),
     ],
 )
@@ -31,7 +40,9 @@ def test_shapes(name: str, size: int, dim: int, stride: int) -> None:
     with torch.no_grad():
         dense = backbone.forward_features(x)
         pooled = backbone(x)
-    assert dense.shape == (2, dim, size // stride, size // stride)
+    grid = feature_grid(name, size)  # what the validator computes is what the backbone gives
+    assert grid == max(1, size // stride)
+    assert dense.shape == (2, dim, grid, grid)
     assert pooled.shape == (2, dim)
     assert torch.allclose(pooled, dense.mean(dim=(2, 3)), atol=1e-5)
 
@@ -49,14 +60,16 @@ def test_unknown_backbone_lists_choices() -> None:
         assert name in str(e.value)
 
 
-def test_export_roundtrip(tmp_path) -> None:
-    backbone = create_backbone("resnet18", 32)
+@pytest.mark.parametrize("name", ["resnet18_os8", "vit_tiny_patch8"])
+def test_export_roundtrip(tmp_path, name: str) -> None:
+    backbone = create_backbone(name, 32)
     uri = f"file://{tmp_path}/job"
     meta = {"framework": "contrastive", "useMasks": True, "fixes": {"maskAwareCrop": True}, "epochs": 1}
     weights = save_export(backbone, meta, uri)
     assert weights == f"{uri}/export/backbone.pt"
     written = json.loads((tmp_path / "job/export/metadata.json").read_text())
-    assert written["backbone"] == "resnet18" and written["imageSize"] == 32 and written["featureDim"] == 512
+    assert written["backbone"] == name and written["imageSize"] == 32
+    assert written["patchSizeOrStride"] == backbone.patch_size_or_stride
     x = torch.randn(2, 3, 32, 32)
     backbone.eval()
     for where in (uri, uri + "/export", weights):
@@ -69,6 +82,8 @@ def test_export_roundtrip(tmp_path) -> None:
 def test_random_baseline() -> None:
     backbone, meta = load_export("random://vit_tiny?imageSize=32")
     assert backbone.name == "vit_tiny" and backbone.image_size == 32 and meta["framework"] == "random"
+    backbone, meta = load_export("random://vit_tiny_patch4?imageSize=32")
+    assert backbone.patch_size_or_stride == 4 and meta["patchSizeOrStride"] == 4
     with pytest.raises(InvalidInput, match="unknown backbone"):
         load_export("random://alexnet")
 
@@ -85,7 +100,80 @@ def test_bad_exports_name_the_file(tmp_path) -> None:
     (tmp_path / "job/export/metadata.json").write_text(json.dumps({**meta, "backbone": "lenet"}))
     with pytest.raises(InvalidInput, match="metadata.json: cannot build backbone 'lenet'"):
         load_export(uri)
+    (tmp_path / "job/export/metadata.json").write_text(json.dumps({**meta, "patchSizeOrStride": 8}))
+    with pytest.raises(
+        InvalidInput, match="resnet18 was trained with patch size or stride 8, but resnet18 now"
+    ):
+        load_export(uri)  # an export from before the names carried the stride
     (tmp_path / "job/export/metadata.json").write_text(json.dumps(meta))
     (tmp_path / "job/export/backbone.pt").write_bytes(b"truncated")
     with pytest.raises(InvalidInput, match="backbone.pt"):
         load_export(uri)
+
+
+# --- the grid check of MaskPretrainJob (freeatm validate, the operator's InvalidSpec) -------------------------
+
+
+def _job(backbone: str, image_size: int, use_masks: bool = True, framework: str = "contrastive") -> dict:
+    return {
+        "apiVersion": "freeatm.io/v1alpha1",
+        "kind": "MaskPretrainJob",
+        "metadata": {"name": "grid"},
+        "spec": {
+            "dataset": {"uri": "file:///data"},
+            "method": {"framework": framework, "useMasks": use_masks},
+            "backbone": backbone,
+            "training": {"imageSize": image_size},
+            "output": {"uri": "file:///out"},
+        },
+    }
+
+
+def test_mask_guidance_needs_a_4x4_grid() -> None:
+    with pytest.raises(ValidationError) as e:
+        parse_resource(_job("vit_tiny", 32))
+    assert (
+        "vit_tiny with patch 16 at imageSize 32 gives a 2×2 feature grid; mask guidance needs ≥ 4×4: "
+        "set backbone to vit_tiny_patch8 (4×4) or vit_tiny_patch4 (8×8), or training.imageSize ≥ 64"
+    ) in str(e.value)
+    with pytest.raises(ValidationError, match="resnet18 with output stride 32 at imageSize 32 gives a 1×1"):
+        parse_resource(_job("resnet18", 32))
+    with pytest.raises(ValidationError, match="vit_tiny with patch 16 at imageSize 32 gives a 2×2"):
+        parse_resource(_job("vit_tiny", 32, framework="mim"))
+    for backbone, size in [
+        ("vit_tiny_patch8", 32),
+        ("vit_tiny", 64),
+        ("resnet18_os8", 32),
+        ("resnet18", 128),
+    ]:
+        assert parse_resource(_job(backbone, size)).spec.warnings() == []
+
+
+def test_a_baseline_on_a_small_grid_is_only_warned() -> None:
+    spec = parse_resource(_job("vit_tiny", 32, use_masks=False)).spec
+    [(path, message)] = spec.warnings()
+    assert path == "spec.backbone" and "gives a 2×2 feature grid" in message
+
+
+def test_freeatm_validate_refuses_vit_tiny_16_at_32_px(tmp_path: Path) -> None:
+    guided, baseline = tmp_path / "guided.yaml", tmp_path / "baseline.yaml"
+    guided.write_text(yaml.safe_dump(_job("vit_tiny", 32)))
+    baseline.write_text(yaml.safe_dump(_job("vit_tiny", 32, use_masks=False)))
+    run = [sys.executable, "-m", "freeatm.cli.main", "validate", "-f"]
+    out = subprocess.run([*run, str(guided)], capture_output=True, text=True)
+    assert out.returncode == 1 and "gives a 2×2 feature grid; mask guidance needs ≥ 4×4" in out.stderr
+    out = subprocess.run([*run, str(baseline)], capture_output=True, text=True)
+    assert out.returncode == 0 and "warning:" in out.stderr and "spec.backbone" in out.stderr
+
+
+def test_the_docs_list_the_grid_of_every_backbone() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "backbones.md").read_text()
+    table = doc.split("## Which grid at which size")[1]
+    grids = {}  # backbone name (or vit_*_patchN) → the 32/64/224 px cells of its row
+    for row in (line.split("|") for line in table.splitlines() if line.startswith("| `")):
+        for name in row[1].replace("`", "").split(","):
+            grids[name.strip()] = [c.strip().removesuffix(" ✗") for c in row[3:6]]
+    for name in BACKBONES:
+        _, _, patch = name.partition("_patch")
+        cells = grids[name] if name in grids else grids[f"vit_*_patch{patch}"]
+        assert cells == [f"{feature_grid(name, s)}×{feature_grid(name, s)}" for s in (32, 64, 224)], name

@@ -47,9 +47,9 @@ def _pair(b: int = 4, size: int = 32) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.parametrize("backbone", ["vit_tiny", "resnet18"])
+@pytest.mark.parametrize("backbone", ["vit_tiny_patch8", "resnet18_os8"])
 def test_contrastive_switch(backbone: str) -> None:
-    batch = _pair(size=16 if backbone == "resnet18" else 32)
+    batch = _pair(size=16 if backbone == "resnet18_os8" else 32)
     torch.manual_seed(0)
     plain = ContrastiveModel(create_backbone(backbone, batch["view1"].shape[-1]), object_contrast=False)
     torch.manual_seed(0)
@@ -67,10 +67,32 @@ def test_contrastive_switch(backbone: str) -> None:
     assert all(p.grad is not None for p in guided.parameters() if p.requires_grad)
 
 
+def test_object_term_has_its_own_temperature() -> None:
+    batch = _pair()
+    losses = []
+    for temperature in (0.1, 0.5):
+        torch.manual_seed(0)
+        model = ContrastiveModel(
+            create_backbone("vit_tiny_patch8", 32), object_contrast=True, object_temperature=temperature
+        )
+        losses.append(model(batch)[1])
+    assert losses[0]["imageLoss"] == pytest.approx(losses[1]["imageLoss"], rel=1e-6)
+    assert losses[0]["objectLoss"] != pytest.approx(losses[1]["objectLoss"], rel=1e-3)
+
+
+def test_mask_pool_with_a_grid_that_does_not_divide_the_image() -> None:
+    features = torch.arange(9.0).reshape(
+        1, 1, 3, 3
+    )  # a ResNet's 3×3 map of a 40 px image (stride 16, rounded up)
+    labels = torch.ones(1, 40, 40, dtype=torch.uint8)
+    pooled, area = mask_pool(features, labels, objects=1)
+    assert area[0, 0] == pytest.approx(9.0) and pooled[0, 0, 0] == pytest.approx(4.0)
+
+
 def test_object_term_without_objects_is_zero_but_differentiable() -> None:
     batch = _pair()
     batch["mask1"] = torch.zeros_like(batch["mask1"])
-    model = ContrastiveModel(create_backbone("vit_tiny", 32), object_contrast=True)
+    model = ContrastiveModel(create_backbone("vit_tiny_patch8", 32), object_contrast=True)
     loss, parts = model(batch)
     assert parts["objectLoss"] == 0.0
     loss.backward()
@@ -89,6 +111,23 @@ def test_guided_masking_masks_objects_first_at_the_same_ratio() -> None:
     masked_object_share = lambda order: float((order[:, keep:] < 3).sum()) / (3 * b)  # noqa: E731
     assert masked_object_share(guided) > 0.99
     assert masked_object_share(uniform) == pytest.approx(0.75, abs=0.1)
+
+
+def test_hints_keep_a_share_of_object_patches_visible() -> None:
+    b, n, keep = 256, 16, 4
+    coverage = torch.zeros(b, n)
+    coverage[:, :6] = 1.0  # 6 object patches of 16
+    orders = {
+        share: sample_mask(b, n, coverage, True, torch.Generator().manual_seed(0), share)
+        for share in (0.0, 0.25)
+    }
+    visible_objects = {share: float((o[:, :keep] < 6).sum()) / (6 * b) for share, o in orders.items()}
+    assert visible_objects[0.0] < 0.01  # AttMask-High: objects masked first
+    assert visible_objects[0.25] == pytest.approx(0.25, abs=0.04)  # hints: a quarter stays visible
+    for order in orders.values():
+        assert (order.sort(dim=1).values == torch.arange(n)).all()  # a permutation: the same number masked
+    uniform = sample_mask(b, n, coverage, False, torch.Generator().manual_seed(0))
+    assert torch.equal(uniform, sample_mask(b, n, None, True, torch.Generator().manual_seed(0)))
 
 
 def test_patchify_and_coverage() -> None:

@@ -57,19 +57,29 @@ def _trace(prefix: Path, rank: int = 0) -> list[dict]:
     ("framework", "use_masks"), [("contrastive", True), ("mim", True), ("contrastive", False)]
 )
 def test_run_exports_a_backbone(
-    dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, framework: str, use_masks: bool
+    dataset: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    framework: str,
+    use_masks: bool,
 ) -> None:
     monkeypatch.setenv("FREEATM_PROGRESS_FILE", str(tmp_path / "progress.jsonl"))
     monkeypatch.setenv("FREEATM_PROGRESS_INTERVAL", "0")
+    caplog.set_level(logging.INFO, logger="freeatm.pretrain")
     out = f"file://{tmp_path}/out"
     workers = 2 if framework == "mim" else 0  # the loader-worker path too
     job = pretrain_job(
         dataset, out, framework=framework, use_masks=use_masks, epochs=2, batchSize=8, loaderWorkers=workers
     )
     outputs = run(job)
+    logged = caplog.text
+    assert "peak lr 3.13e-05 (lr 0.001 × batch / 256)" in logged
+    assert ("mask-aware crops (" in logged) is (framework == "contrastive" and use_masks)
+    assert ("maskedObjectShare" in logged) is (framework == "mim")
     assert outputs == {"uri": out, "checkpointUri": f"{out}/export/backbone.pt"}
     backbone, meta = load_export(out)
-    assert backbone.name == "vit_tiny" and meta["imageSize"] == 32
+    assert backbone.name == "vit_tiny_patch8" and meta["imageSize"] == 32
     assert meta["framework"] == framework and meta["useMasks"] is use_masks
     assert meta["fixes"] == job.spec.method.fixes()
     assert all(meta["fixes"].values()) is use_masks or framework == "mim"
@@ -100,7 +110,9 @@ def test_bad_input(dataset: str, tmp_path: Path) -> None:
         run(pretrain_job(dataset, out, batchSize=64))
     job = pretrain_job(dataset, out)
     job.spec.backbone = "alexnet"
-    with pytest.raises(InvalidInput, match="unknown backbone 'alexnet'; choose one of: resnet18, resnet50"):
+    with pytest.raises(
+        InvalidInput, match="unknown backbone 'alexnet'; choose one of: resnet18, resnet18_os8"
+    ):
         run(job)
 
 

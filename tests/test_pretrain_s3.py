@@ -34,7 +34,7 @@ def test_pretrain_from_and_to_s3(s3_env) -> None:  # type: ignore[no-untyped-def
     assert ckpt.steps(out) == [4, 3]
     backbone, meta = load_export(out)
     assert (
-        backbone.name == "vit_tiny"
+        backbone.name == "vit_tiny_patch8"
         and meta["steps"] == 4
         and meta["datasetUri"] == "s3://pretrain/data/shapes"
     )

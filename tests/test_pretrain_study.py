@@ -13,7 +13,10 @@ torch.set_num_threads(1)
 
 
 def test_study_pretrains_both_variants_per_seed(tmp_path: Path) -> None:
-    result = study(tmp_path, seeds=[3], images=16, epochs=1, batch_size=8, evaluate=False, log=lambda _: None)
+    result = study(
+        tmp_path, seeds=[3], images=16, epochs=1, batch_size=8, evaluate=False, backbone="vit_tiny_patch8",
+        log=lambda _: None,
+    )  # fmt: skip
     assert result["seeds"] == [3] and len(result["runs"]) == 1
     run = result["runs"][0]
     assert set(run["seconds"]) == {"baseline", "mask-guided"}
@@ -27,7 +30,14 @@ def test_study_pretrains_both_variants_per_seed(tmp_path: Path) -> None:
 def test_study_evaluates_with_a_linear_probe(tmp_path: Path) -> None:
     pytest.importorskip("freeatm.runtime.evaluate")
     result = study(
-        tmp_path, seeds=2, images=16, epochs=1, batch_size=8, benchmarks=("linear-probe",), log=lambda _: None
+        tmp_path,
+        seeds=2,
+        images=16,
+        epochs=1,
+        batch_size=8,
+        benchmarks=("linear-probe",),
+        backbone="vit_tiny_patch8",
+        log=lambda _: None,
     )
     row = result["summary"]["linear-probe/top1"]
     assert set(row) == {"random-init", "baseline", "mask-guided", "difference", "guidedWins"}

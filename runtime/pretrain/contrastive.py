@@ -8,8 +8,9 @@ Object level (the `objectContrast` fix, after DetCon, Hénaff et al. 2021): the 
 pooled inside each object's mask — the label map went through the same crop and flip as the image, then is
 area-downsampled to the feature grid — and projected by the same projector. An object seen in both views is a
 positive pair; every other object of the process's batch (same image or others) is a negative — object counts
-differ between ranks, so unlike the image term this one is not gathered. The term is added to the image loss
-with weight `objectLossWeight`. With the switch off the model computes exactly SimCLR.
+differ between ranks, so unlike the image term this one is not gathered. The term has its own temperature
+(`objectTemperature`, DetCon's 0.1) and is added to the image loss with weight `objectLossWeight`. With the
+switch off the model computes exactly SimCLR.
 """
 
 from __future__ import annotations
@@ -49,18 +50,32 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, gather: bool = True) -> 
     return F.cross_entropy(logits, targets)
 
 
-def mask_pool(features: Tensor, labels: Tensor, objects: int = MAX_OBJECTS) -> tuple[Tensor, Tensor]:
-    """Features [B,C,h,w] averaged inside each object of the label maps [B,H,W] → ([B,K,C], cell areas [B,K])."""
-    b, _, h, w = features.shape
-    labels = labels.long()
+def cell_weights(labels: Tensor, grid: tuple[int, int], objects: int = MAX_OBJECTS) -> Tensor:
+    """Share of each feature cell covered by each object: label maps [B,H,W] → [B, objects, h*w].
+
+    Pixel (y, x) belongs to cell (y·h // H, x·w // W); one scatter-add counts every (object, cell) pair, so the
+    cost is one pass over the pixels whatever the number of objects."""
+    b, height, width = labels.shape
+    h, w = grid
+    device = labels.device
+    rows = torch.arange(height, device=device) * h // height
+    cols = torch.arange(width, device=device) * w // width
+    cell = (rows[:, None] * w + cols[None, :]).flatten()  # [H*W]
+    labels = labels.flatten(1).long()
     labels = torch.where(labels > objects, 0, labels)
-    onehot = F.one_hot(labels, objects + 1)[..., 1:]  # [B,H,W,K], background dropped
-    weights = F.adaptive_avg_pool2d(
-        onehot.permute(0, 3, 1, 2).float(), (h, w)
-    )  # [B,K,h,w] share of each cell
-    area = weights.sum(dim=(2, 3))  # in feature cells
-    pooled = torch.einsum("bkhw,bchw->bkc", weights.to(features.dtype), features)
-    return pooled / area.clamp(min=1e-6)[..., None].to(features.dtype), area
+    counts = torch.zeros(b, (objects + 1) * h * w, device=device)
+    counts.scatter_add_(1, labels * (h * w) + cell, torch.ones_like(labels, dtype=counts.dtype))
+    per_cell = torch.bincount(cell, minlength=h * w).to(counts.dtype)
+    return (counts.view(b, objects + 1, h * w) / per_cell)[:, 1:]  # background dropped
+
+
+def mask_pool(features: Tensor, labels: Tensor, objects: int = MAX_OBJECTS) -> tuple[Tensor, Tensor]:
+    """Features [B,C,h,w] averaged inside each object of the label maps [B,H,W] → ([B,K,C], cell areas [B,K]):
+    one batched matmul of the cell weights with the feature map."""
+    weights = cell_weights(labels, (features.shape[2], features.shape[3]), objects).to(features.dtype)
+    area = weights.sum(dim=2)  # in feature cells
+    pooled = torch.bmm(weights, features.flatten(2).transpose(1, 2))  # [B,K,C]
+    return pooled / area.clamp(min=1e-6)[..., None], area
 
 
 class ContrastiveModel(nn.Module):
@@ -72,6 +87,7 @@ class ContrastiveModel(nn.Module):
         *,
         temperature: float = 0.2,
         object_contrast: bool = False,
+        object_temperature: float = 0.1,
         object_loss_weight: float = 1.0,
         proj_dim: int = 128,
         gather: bool = True,
@@ -82,6 +98,7 @@ class ContrastiveModel(nn.Module):
         self.projector = projector(dim, max(dim, 512), proj_dim)
         self.temperature = temperature
         self.object_contrast = object_contrast
+        self.object_temperature = object_temperature
         self.object_loss_weight = object_loss_weight
         self.gather = gather
 
@@ -101,7 +118,7 @@ class ContrastiveModel(nn.Module):
         n = int(valid.sum())
         if n >= 2:
             p1, p2 = self.projector(torch.cat([o1[valid], o2[valid]])).chunk(2)
-            object_loss = nt_xent(p1, p2, self.temperature, gather=False)
+            object_loss = nt_xent(p1, p2, self.object_temperature, gather=False)
         else:  # nothing to contrast in this batch; keep the graph so every rank reduces the same gradients
             object_loss = objects.sum() * 0.0
         parts["objectLoss"] = float(object_loss.detach())

@@ -12,8 +12,9 @@ without decoding them and then sees exactly the batches the interrupted run woul
 
 Augmentation. Geometric operations (crop, resize, flip) apply identically to the image and its label map
 (nearest-neighbour), colour operations to the image only. Mask-aware cropping picks one object of the image
-and samples each view's crop until it keeps at least `min_object_share` of that object's pixels (the best of
-`CROP_TRIES` candidates otherwise); with it off the crops are plain RandomResizedCrop — the same code path.
+and places each view's crop so that it keeps at least `min_object_share` of that object's pixels; the crop's
+size and aspect, the flip and the colour jitter are drawn exactly as the baseline draws them, from the same
+random numbers (see `object_box`), and a crop that cannot keep the object is counted, never hidden.
 """
 
 from __future__ import annotations
@@ -190,13 +191,14 @@ def iter_raw(
             stream.close()
 
 
-def decode(sample: dict[str, Any], want_mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """(uint8 RGB image H×W×3, uint8 label map at the image's size or None)."""
+def decode(sample: dict[str, Any], want_mask: bool) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(uint8 RGB image [3,H,W], uint8 label map H×W at the image's size or None)."""
     from PIL import Image
 
     if "png" not in sample:
         raise InvalidInput(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image (.png)")
-    image = np.array(Image.open(io.BytesIO(sample["png"])).convert("RGB"))
+    rgb = Image.open(io.BytesIO(sample["png"])).convert("RGB")
+    image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
     if not want_mask:
         return image, None
     if "mask.png" not in sample:
@@ -204,27 +206,47 @@ def decode(sample: dict[str, Any], want_mask: bool) -> tuple[np.ndarray, np.ndar
             f"sample {sample.get('__key__')} in {sample.get('__url__')} has no mask (.mask.png)"
         )
     mask_img = Image.open(io.BytesIO(sample["mask.png"]))
-    if mask_img.size != (image.shape[1], image.shape[0]):
-        mask_img = mask_img.resize((image.shape[1], image.shape[0]), Image.Resampling.NEAREST)
+    if mask_img.size != rgb.size:
+        mask_img = mask_img.resize(rgb.size, Image.Resampling.NEAREST)
     return image, np.array(mask_img, dtype=np.uint8)
 
 
 # --- augmentation -----------------------------------------------------------------------------------------------
+#
+# Both arms of one seed draw the same random numbers: every view takes CROP_DRAWS uniforms for its crop (whether
+# the crop is mask-aware or not) and COLOUR_DRAWS for flip and colour, so the flip, the colour jitter and the
+# crop's size and aspect are identical in the baseline and the mask-guided run; the masks decide only where a
+# mask-aware crop sits, and only when the baseline's position would not keep the object.
+
+CROP_DRAWS = 2 * CROP_TRIES + 3  # (area, aspect) per try, top, left, and the mask-aware placement
+COLOUR_DRAWS = 11  # flip, jitter on/off, 4 factors, 4 keys of the jitter order, grayscale
+LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
+
+
+def _crop_size(u: np.ndarray, h: int, w: int, scale: tuple[float, float]) -> tuple[int, int]:
+    """RandomResizedCrop's size (height, width): the first of CROP_TRIES (area share in `scale`, aspect ratio in
+    [3/4, 4/3]) that fits, else the largest centred crop of aspect within those bounds."""
+    areas = h * w * (scale[0] + (scale[1] - scale[0]) * u[:CROP_TRIES])
+    ratios = np.exp(LOG_RATIO[0] + (LOG_RATIO[1] - LOG_RATIO[0]) * u[CROP_TRIES : 2 * CROP_TRIES])
+    widths, heights = np.round(np.sqrt(areas * ratios)), np.round(np.sqrt(areas / ratios))
+    fits = np.flatnonzero((widths > 0) & (widths <= w) & (heights > 0) & (heights <= h))
+    if fits.size:
+        return int(heights[fits[0]]), int(widths[fits[0]])
+    aspect = w / h
+    if aspect < 3 / 4:
+        return round(w / (3 / 4)), w
+    if aspect > 4 / 3:
+        return h, round(h * 4 / 3)
+    return h, w
 
 
 def random_box(
     rng: np.random.Generator, h: int, w: int, scale: tuple[float, float]
 ) -> tuple[int, int, int, int]:
-    """A RandomResizedCrop box (top, left, height, width): area share in `scale`, aspect ratio in [3/4, 4/3]."""
-    area = h * w
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
-        if 0 < cw <= w and 0 < ch <= h:
-            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
-    side = min(h, w)
-    return (h - side) // 2, (w - side) // 2, side, side
+    """A RandomResizedCrop box (top, left, height, width); takes CROP_DRAWS uniforms from `rng`."""
+    u = rng.random(CROP_DRAWS)
+    ch, cw = _crop_size(u, h, w, scale)
+    return int(u[-3] * (h - ch + 1)), int(u[-2] * (w - cw + 1)), ch, cw
 
 
 def integral_image(obj: np.ndarray) -> np.ndarray:
@@ -236,32 +258,32 @@ def integral_image(obj: np.ndarray) -> np.ndarray:
 
 def object_box(
     rng: np.random.Generator, integral: np.ndarray, scale: tuple[float, float], min_share: float
-) -> tuple[int, int, int, int]:
-    """A RandomResizedCrop box keeping at least `min_share` of an object's pixels (`integral`: its
-    integral_image): the first of CROP_TRIES candidates that does, else the candidate keeping most."""
+) -> tuple[tuple[int, int, int, int], bool]:
+    """A RandomResizedCrop box that keeps at least `min_share` of an object's pixels (`integral`: its
+    integral_image), and whether it does. Takes the same CROP_DRAWS uniforms as random_box and the same size.
+
+    The baseline's position is kept when it keeps the object; otherwise a position is drawn uniformly among those
+    that do (rejection sampling of the position, done exactly over all positions), so the box's size and aspect
+    follow RandomResizedCrop's distribution exactly. When no position keeps the share, the baseline's box is
+    returned with False."""
     h, w = integral.shape[0] - 1, integral.shape[1] - 1
-    total = max(int(integral[h, w]), 1)
-    lo, hi = scale
-    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
-    best, best_share = (0, 0, h, w), -1.0
-    for u_area, u_ratio, u_top, u_left in rng.random((CROP_TRIES, 4)).tolist():  # one draw: cheap per sample
-        area = h * w * (lo + (hi - lo) * u_area)
-        ratio = math.exp(log_lo + (log_hi - log_lo) * u_ratio)
-        cw = min(max(round(math.sqrt(area * ratio)), 1), w)
-        ch = min(max(round(math.sqrt(area / ratio)), 1), h)
-        top, left = int(u_top * (h - ch + 1)), int(u_left * (w - cw + 1))
-        inside = (
-            integral[top + ch, left + cw]
-            - integral[top, left + cw]
-            - integral[top + ch, left]
-            + integral[top, left]
-        )
-        share = inside / total
-        if share >= min_share:
-            return top, left, ch, cw
-        if share > best_share:
-            best, best_share = (top, left, ch, cw), share
-    return best
+    u = rng.random(CROP_DRAWS)
+    ch, cw = _crop_size(u, h, w, scale)
+    top, left = int(u[-3] * (h - ch + 1)), int(u[-2] * (w - cw + 1))
+    need = min_share * max(int(integral[h, w]), 1)
+    inside = (
+        integral[ch:, cw:]
+        - integral[: h - ch + 1, cw:]
+        - integral[ch:, : w - cw + 1]
+        + integral[: h - ch + 1, : w - cw + 1]
+    )
+    if inside[top, left] >= need:
+        return (top, left, ch, cw), True
+    valid = np.flatnonzero(inside >= need)
+    if not valid.size:
+        return (top, left, ch, cw), False
+    top, left = divmod(int(valid[int(u[-1] * valid.size)]), w - cw + 1)
+    return (top, left, ch, cw), True
 
 
 @dataclass(frozen=True)
@@ -275,6 +297,35 @@ class Augment:
     min_object_share: float = 0.3
 
 
+@dataclass(frozen=True)
+class ViewParams:
+    """What one view's random numbers decided."""
+
+    box: tuple[int, int, int, int]  # top, left, height, width
+    flip: bool
+    jitter: tuple[float, float, float, float] | None  # brightness, contrast, saturation, hue; None: no jitter
+    order: tuple[int, ...]  # the order the four jitter operations apply in
+    gray: bool
+    kept: bool | None  # mask-aware crop: whether it keeps the object's share; None: not mask-aware
+
+
+def draw_view(rng: np.random.Generator, h: int, w: int, aug: Augment, obj: np.ndarray | None) -> ViewParams:
+    """One view's parameters; the same number of draws from `rng` whatever `aug` and `obj` are.
+    `obj`: the integral_image of the object a mask-aware crop must keep, or None for a plain crop."""
+    kept = None
+    if obj is not None:
+        box, kept = object_box(rng, obj, aug.scale, aug.min_object_share)
+    else:
+        box = random_box(rng, h, w, aug.scale)
+    u = rng.random(COLOUR_DRAWS)
+    jitter = None
+    if aug.colour and u[1] < 0.8:
+        jitter = (0.6 + 0.8 * u[2], 0.6 + 0.8 * u[3], 0.6 + 0.8 * u[4], -0.1 + 0.2 * u[5])
+    order = tuple(int(i) for i in np.argsort(u[6:10]))
+    gray = aug.colour and u[10] < 0.2
+    return ViewParams(box, bool(u[0] < 0.5), jitter, order, bool(gray), kept)
+
+
 def crop_labels(
     labels: np.ndarray, top: int, left: int, ch: int, cw: int, size: int, flip: bool
 ) -> np.ndarray:
@@ -286,51 +337,40 @@ def crop_labels(
     return labels[rows[:, None], cols[None, :]]
 
 
+def apply_view(
+    image: torch.Tensor, labels: np.ndarray | None, params: ViewParams, size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Float image [3,S,S] normalised, label map [S,S] uint8 (same geometry) or None."""
+    from torchvision.transforms.v2 import functional as F
+
+    top, left, ch, cw = params.box
+    img = F.resized_crop(image, top, left, ch, cw, [size, size], antialias=True)
+    if params.flip:
+        img = img.flip(-1)
+    out_labels = None
+    if labels is not None:
+        out_labels = torch.from_numpy(crop_labels(labels, top, left, ch, cw, size, params.flip))
+    img = img.float() / 255.0
+    if params.jitter is not None:
+        ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+        for i in params.order:
+            img = ops[i](img, params.jitter[i])
+    if params.gray:
+        img = F.rgb_to_grayscale(img, num_output_channels=3)
+    return F.normalize(img, MEAN, STD), out_labels
+
+
 def view(
     rng: np.random.Generator,
     image: torch.Tensor,
     labels: np.ndarray | None,
     aug: Augment,
     obj: np.ndarray | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One augmented view: float image [3,S,S] normalised, label map [S,S] uint8 (same geometry) or None.
-    `obj`: the integral_image of the object a mask-aware crop must keep."""
-    from torchvision.transforms.v2 import functional as F
-
-    _, h, w = image.shape
-    if obj is not None:
-        top, left, ch, cw = object_box(rng, obj, aug.scale, aug.min_object_share)
-    else:
-        top, left, ch, cw = random_box(rng, h, w, aug.scale)
-    flip = rng.random() < 0.5
-    img = F.resized_crop(image, top, left, ch, cw, [aug.size, aug.size], antialias=True)
-    if flip:
-        img = img.flip(-1)
-    out_labels = None
-    if labels is not None:
-        out_labels = torch.from_numpy(crop_labels(labels, top, left, ch, cw, aug.size, flip))
-    img = img.float() / 255.0
-    if aug.colour:
-        if rng.random() < 0.8:
-            factors = [
-                rng.uniform(0.6, 1.4),
-                rng.uniform(0.6, 1.4),
-                rng.uniform(0.6, 1.4),
-                rng.uniform(-0.1, 0.1),
-            ]
-            for i in rng.permutation(4):
-                if i == 0:
-                    img = F.adjust_brightness(img, factors[0])
-                elif i == 1:
-                    img = F.adjust_contrast(img, factors[1])
-                elif i == 2:
-                    img = F.adjust_saturation(img, factors[2])
-                else:
-                    img = F.adjust_hue(img, factors[3])
-        if rng.random() < 0.2:
-            img = F.rgb_to_grayscale(img, num_output_channels=3)
-    img = F.normalize(img, MEAN, STD)
-    return img, out_labels
+) -> tuple[torch.Tensor, torch.Tensor | None, ViewParams]:
+    """One augmented view of a uint8 image [3,H,W] and its label map: (image, labels, what was drawn)."""
+    params = draw_view(rng, image.shape[1], image.shape[2], aug, obj)
+    img, lab = apply_view(image, labels, params, aug.size)
+    return img, lab, params
 
 
 # --- the streaming dataset --------------------------------------------------------------------------------------
@@ -402,24 +442,31 @@ class ShardStream(IterableDataset):
             yield self.make_batch(raw, b)
 
     def make_batch(self, raw: list[dict[str, Any]], b: int) -> dict[str, torch.Tensor]:
+        """Decode and augment one batch. Besides the views, "objectCrops" counts the mask-aware crops made and
+        those that could not keep their object ([made, missed]; zeros when mask-aware cropping is off)."""
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, self.epoch, cfg.rank, b, 7])
         keys = ("view1", "view2") if cfg.views == 2 else ("image",)
         mask_keys = ("mask1", "mask2") if cfg.views == 2 else ("mask",)
         out: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, *mask_keys)}
+        made = missed = 0
         for sample in raw:
-            image_np, labels_np = decode(sample, cfg.want_masks)
-            image = torch.from_numpy(image_np).permute(2, 0, 1).contiguous()
+            image, labels = decode(sample, cfg.want_masks)
+            pick = rng.random()  # drawn in both arms: which object the mask-aware views keep
             obj = None
-            if cfg.augment.mask_aware and labels_np is not None:
-                present = np.flatnonzero(np.bincount(labels_np.ravel(), minlength=2)[1:]) + 1
-                if present.size:  # the object both views must keep
-                    obj = integral_image(labels_np == present[int(rng.integers(len(present)))])
+            if cfg.augment.mask_aware and labels is not None:
+                present = np.flatnonzero(np.bincount(labels.ravel(), minlength=2)[1:]) + 1
+                if present.size:
+                    obj = integral_image(labels == present[int(pick * present.size)])
             for key, mask_key in zip(keys, mask_keys, strict=True):
-                img, lab = view(rng, image, labels_np, cfg.augment, obj)
+                img, lab, params = view(rng, image, labels, cfg.augment, obj)
                 out[key].append(img)
                 if lab is not None:
                     out[mask_key].append(lab)
+                if params.kept is not None:
+                    made += 1
+                    missed += not params.kept
         batch = {k: torch.stack(v) for k, v in out.items() if v}
         batch["index"] = torch.tensor([s["index"] for s in raw], dtype=torch.long)
+        batch["objectCrops"] = torch.tensor([made, missed], dtype=torch.long)
         return batch

@@ -41,6 +41,7 @@ TRACE_ENV = (
 )
 CONTRASTIVE_SCALE = (0.08, 1.0)  # SimCLR's RandomResizedCrop
 MIM_SCALE = (0.2, 1.0)  # MAE's
+LR_REFERENCE_BATCH = 256  # the peak learning rate is training.lr × batchSize / 256
 
 
 def spec_digest(resource: MaskPretrainJob) -> str:
@@ -111,6 +112,22 @@ def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, kin
 # --- the trainer ------------------------------------------------------------------------------------------------
 
 
+class EpochStats:
+    """Sums (and step counts, for means) of what the steps of one epoch report."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, value: float, mean: bool = False) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value
+        if mean:
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / n for k, n in self.counts.items()}
+
+
 class Trainer:
     """One process's share of a MaskPretrainJob."""
 
@@ -174,6 +191,7 @@ class Trainer:
                 self.backbone,
                 temperature=self.method.temperature,
                 object_contrast=self.fixes.get("objectContrast", False),
+                object_temperature=self.method.object_temperature,
                 object_loss_weight=self.method.object_loss_weight,
             )
         else:
@@ -183,6 +201,7 @@ class Trainer:
                 self.backbone,
                 mask_ratio=self.method.mask_ratio,
                 guided_masking=self.fixes.get("guidedMasking", False),
+                hint_share=self.method.hint_share,
                 object_weighted_loss=self.fixes.get("objectWeightedLoss", False),
             )
         self.model.to(self.dist.device)
@@ -196,9 +215,10 @@ class Trainer:
             else:
                 self.ddp = DistributedDataParallel(self.model)
 
-        # optimisation
+        # optimisation: training.lr is the rate for a batch of 256, scaled linearly with the batch (SimCLR, MAE)
+        self.peak_lr = self.training.lr * self.training.batch_size / LR_REFERENCE_BATCH
         self.optimizer = make_optimizer(
-            self.model, self.training.optimizer, self.training.lr, self.training.weight_decay
+            self.model, self.training.optimizer, self.peak_lr, self.training.weight_decay
         )
         warmup = round(self.training.warmup_epochs * self.steps_per_epoch)
         self.schedule = make_schedule(self.optimizer, warmup, self.total_steps, self.training.schedule)
@@ -208,6 +228,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=on_gpu and self.training.precision == "fp16")
         self.step, self.last_loss = 0, float("nan")
+        self.epoch_stats = EpochStats()
 
     # -- data
 
@@ -227,7 +248,14 @@ class Trainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
         device = self.dist.device
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
+        made, missed = (int(n) for n in batch["objectCrops"])
+        self.epoch_stats.add("objectCrops", made)
+        self.epoch_stats.add("objectCropMisses", missed)
+        metrics.TRAIN_OBJECT_CROPS.inc(made)
+        metrics.TRAIN_OBJECT_CROP_MISSES.inc(missed)
+        batch = {
+            k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("index", "objectCrops")
+        }
         if isinstance(self.model, MAEModel):
             g = torch.Generator()
             g.manual_seed(
@@ -253,7 +281,25 @@ class Trainer:
         self.schedule.step()
         self.step += 1
         self.last_loss = float(loss.detach())
+        for key, value in parts.items():
+            self.epoch_stats.add(key, value, mean=True)
         return self.last_loss, parts
+
+    def log_epoch(self, epoch: int) -> None:
+        """One line per epoch: the mean of each loss part, and how many mask-aware crops missed their object."""
+        stats = self.epoch_stats
+        means = ", ".join(f"{k} {v:.4f}" for k, v in stats.means().items())
+        log.info("epoch %d done at step %d: %s", epoch + 1, self.step, means or "no steps")
+        if "maskedObjectShare" in stats.means():
+            metrics.TRAIN_MASKED_OBJECT_SHARE.set(stats.means()["maskedObjectShare"])
+        made, missed = int(stats.sums.get("objectCrops", 0)), int(stats.sums.get("objectCropMisses", 0))
+        if made:
+            log.info(
+                "epoch %d: %d of %d mask-aware crops (%.1f%%) could not keep %.0f%% of their object and kept the "
+                "baseline's position",
+                epoch + 1, missed, made, 100 * missed / made, 100 * self.method.min_object_share,
+            )  # fmt: skip
+        self.epoch_stats = EpochStats()
 
     # -- checkpoints
 
@@ -337,12 +383,14 @@ class Trainer:
         trace = os.environ.get(TRACE_ENV)
         every = self.training.checkpoint_every
         log.info(
-            "pretraining %s %s on %s: %d steps (%d epochs × %d), batch %d (%d per process × %d), fixes %s, "
-            "from step %d, on %s in %s",
+            "pretraining %s %s on %s: %d steps (%d epochs × %d), batch %d (%d per process × %d), peak lr %.3g "
+            "(lr %g × batch / %d), fixes %s, from step %d, on %s in %s",
             self.spec.backbone, self.method.framework, self.info.uri, self.total_steps, self.training.epochs,
-            self.steps_per_epoch, self.training.batch_size, self.local_batch, self.dist.world, self.fixes, self.step,
-            self.dist.device, self.training.precision,
+            self.steps_per_epoch, self.training.batch_size, self.local_batch, self.dist.world, self.peak_lr,
+            self.training.lr, LR_REFERENCE_BATCH, self.fixes, self.step, self.dist.device, self.training.precision,
         )  # fmt: skip
+        for path, message in self.spec.warnings():
+            log.warning("%s: %s", path, message)
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
             metrics.TRAIN_EPOCH.set(epoch + 1)
@@ -369,6 +417,8 @@ class Trainer:
                 progress.update(self.step, epoch=epoch + 1, step=self.step, loss=round(loss, 5))
                 if self.step % every == 0 or self.step == self.total_steps:
                     self.save_checkpoint()
+            if self.dist.is_main:
+                self.log_epoch(epoch)
         progress.update(
             self.step, force=True, epoch=self.training.epochs, step=self.step, loss=round(self.last_loss, 5)
         )

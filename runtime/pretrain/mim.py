@@ -8,7 +8,9 @@ patches.
 `coverage + BACKGROUND_WEIGHT`, where coverage is the share of the patch covered by objects in the (augmented)
 label map — the same number of patches as uniform masking (`maskRatio`), so objects are masked first and the
 rest of the budget falls on background. Implemented with the Gumbel-top-k trick; with no objects it is
-uniform. `objectWeightedLoss`: each masked patch's error is weighted by `1 + coverage` (normalised over the
+uniform. Hints (AttMask-Hints): each object patch stays visible with probability `hintShare`, so the encoder
+sees a little of every object (0: AttMask-High). The share of object area masked is reported
+(`maskedObjectShare`) and logged each epoch. `objectWeightedLoss`: each masked patch's error is weighted by `1 + coverage` (normalised over the
 masked patches), so reconstructing objects counts more. With both off this is exactly MAE.
 """
 
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 
 BACKGROUND_WEIGHT = 0.1
+HINT_OFFSET = 1e4  # below any Gumbel key: hints sort first, in random order among themselves
 
 
 def patchify(images: Tensor, p: int) -> Tensor:
@@ -36,16 +39,27 @@ def patch_coverage(labels: Tensor, p: int) -> Tensor:
 
 
 def sample_mask(
-    b: int, n: int, coverage: Tensor | None, guided: bool, generator: torch.Generator | None
+    b: int,
+    n: int,
+    coverage: Tensor | None,
+    guided: bool,
+    generator: torch.Generator | None,
+    hint_share: float = 0.0,
 ) -> Tensor:
     """A patch order per image [B,N]: the first patches stay visible, the rest are masked.
 
     Uniform: a random permutation. Guided (needs `coverage` [B,N]): Gumbel-top-k sampling without replacement
-    with weights coverage + BACKGROUND_WEIGHT, the patches drawn first being the masked ones."""
+    with weights coverage + BACKGROUND_WEIGHT, the patches drawn first being the masked ones; each object patch
+    (coverage > 0) is, with probability `hint_share`, a hint that goes to the front (stays visible while the
+    visible budget lasts). Both modes draw the same random numbers."""
     u = torch.rand((b, n), generator=generator).clamp_(1e-9, 1 - 1e-9)
+    v = torch.rand((b, n), generator=generator)
     if not guided or coverage is None:
         return torch.argsort(u, dim=1)
-    keys = torch.log(coverage.cpu() + BACKGROUND_WEIGHT) - torch.log(-torch.log(u))  # + Gumbel noise
+    coverage = coverage.cpu()
+    keys = torch.log(coverage + BACKGROUND_WEIGHT) - torch.log(-torch.log(u))  # + Gumbel noise
+    hints = (coverage > 0) & (v < hint_share)
+    keys = torch.where(hints, keys - HINT_OFFSET, keys)
     return torch.argsort(keys, dim=1)  # ascending: the lowest keys stay visible, the highest are masked
 
 
@@ -58,6 +72,7 @@ class MAEModel(nn.Module):
         *,
         mask_ratio: float = 0.75,
         guided_masking: bool = False,
+        hint_share: float = 0.0,
         object_weighted_loss: bool = False,
         decoder_dim: int | None = None,
         decoder_depth: int = 2,
@@ -89,6 +104,7 @@ class MAEModel(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(ddim)
         self.decoder_pred = nn.Linear(ddim, self.p * self.p * 3)
+        self.hint_share = hint_share
         nn.init.normal_(self.mask_token, std=0.02)
         self.generator: torch.Generator | None = None
 
@@ -123,7 +139,7 @@ class MAEModel(nn.Module):
         n = grid[0] * grid[1]
         keep = max(1, int(round(n * (1 - self.mask_ratio))))
         coverage = patch_coverage(batch["mask"], self.p) if "mask" in batch else None
-        order = sample_mask(b, n, coverage, self.guided, self.generator).to(images.device)
+        order = sample_mask(b, n, coverage, self.guided, self.generator, self.hint_share).to(images.device)
         visible, masked_idx = order[:, :keep], order[:, keep:]
 
         # encoder on visible patches
