@@ -10,8 +10,8 @@ from .common import Model, Output, SecretRef, WorkloadSpec, check_uri
 
 CHECKPOINT_SCHEMES = ("s3", "pvc", "file")
 DATASET_SCHEMES = ("s3", "pvc", "file", "toy")
-PROTOCOLS = ("linear-probe", "knn", "semseg", "detection", "retrieval")
-FORMATS = ("imagefolder", "voc", "coco", "ade20k", "cityscapes", "shapes")
+PROTOCOLS = ("linear-probe", "knn", "semseg", "detection", "retrieval", "object-probe", "presence")
+FORMATS = ("imagefolder", "voc", "coco", "ade20k", "cityscapes", "shapes", "synthetic")
 
 # Which protocols each dataset format can serve.
 SUPPORTED: dict[str, tuple[str, ...]] = {
@@ -20,7 +20,8 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "coco": ("detection", "retrieval"),
     "ade20k": ("semseg",),
     "cityscapes": ("semseg",),
-    "shapes": ("linear-probe", "knn", "semseg", "detection", "retrieval"),
+    "shapes": ("linear-probe", "knn", "semseg", "detection", "retrieval", "object-probe", "presence"),
+    "synthetic": ("object-probe", "presence", "semseg"),
 }
 
 
@@ -58,9 +59,9 @@ class BenchmarkDataset(Model):
     """A downstream dataset on disk."""
 
     format: Literal[FORMATS]  # type: ignore[valid-type]
-    """On-disk layout: imagefolder, voc, coco, ade20k, cityscapes, or shapes (toy://shapesbench/<split>)."""
+    """On-disk layout: imagefolder, voc, coco, ade20k, cityscapes, shapes (toy://shapesbench/<split>), or synthetic (a SyntheticDataset's output per split: <uri>/<split>/manifest.json)."""
     uri: str
-    """Dataset root: s3://…, pvc://…, file:///…, or toy://shapesbench/<split> (generated deterministically)."""
+    """Dataset root: s3://…, pvc://…, file:///…, or toy://shapesbench/<split>[?variant=plain|clutter&images=N&size=S] (generated deterministically)."""
     secret_ref: SecretRef | None = None
     """Secret with the credentials to read the dataset."""
     train_split: str = "train"
@@ -78,7 +79,7 @@ class Benchmark(Model):
     """One evaluation: a protocol on a dataset."""
 
     name: Literal[PROTOCOLS]  # type: ignore[valid-type]
-    """Protocol: linear-probe, knn, semseg (mIoU), detection (COCO mAP) or retrieval (recall@K)."""
+    """Protocol: linear-probe, knn, semseg (mIoU), detection (COCO mAP), retrieval (recall@K), object-probe (linear probe on features pooled inside each true object mask: top1, balanced_top1) or presence (multi-label mAP of the classes in an image, from its pooled feature)."""
     dataset: BenchmarkDataset
     """The dataset."""
     id: str | None = Field(default=None, pattern=r"^[a-z0-9][-a-z0-9]*$", max_length=63)

@@ -6,7 +6,9 @@ of each dataset (VOC: circle=person, square=car, triangle=dog; COCO: non-contigu
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -164,4 +166,55 @@ def make_cityscapes(root: Path, per_split: int = 4, size: int = 48) -> Path:
             lbl = root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png"
             lbl.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(labels, mode="L").save(lbl)
+    return root
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_synthetic(
+    root: Path, per_split: int = 8, size: int = 32, variant: str = "clutter", shard_size: int = 4
+) -> Path:
+    """<root>/{train,val}/: SyntheticDataset outputs (docs/dataset-format.md) of ShapesBench scenes, the true
+    instance maps as their masks."""
+    classes = list(shapes.shapes_of(variant))
+    for split, seed in (("train", 21), ("val", 22)):
+        base = root / split
+        (base / "shards").mkdir(parents=True, exist_ok=True)
+        entries = []
+        for first in range(0, per_split, shard_size):
+            name = f"shards/shard-{first // shard_size:05d}.tar"
+            count = min(shard_size, per_split - first)
+            with tarfile.open(base / name, "w") as tar:
+                for index in range(first, first + count):
+                    scene = shapes.render(seed, index, size, variant)
+                    objects = [
+                        {"word": o.shape, "label": k, "class": o.shape, "modifiers": [o.colour]}
+                        for k, o in enumerate(scene.objects, start=1)
+                    ]
+                    record = {"index": index, "seed": seed, "prompt": scene.caption, "objects": objects}
+                    _tar_member(tar, f"{index:08d}.png", _png(scene.image))
+                    _tar_member(tar, f"{index:08d}.mask.png", _png(scene.label_map().astype(np.uint8)))
+                    _tar_member(tar, f"{index:08d}.json", json.dumps(record).encode())
+            entries.append({"name": name, "samples": count})
+        manifest = {
+            "format": "freeatm.synthetic/v1",
+            "images": per_split,
+            "resolution": size,
+            "maskResolution": size,
+            "shardSize": shard_size,
+            "hasMasks": True,
+            "classes": classes,
+            "shards": entries,
+        }
+        (base / "manifest.json").write_text(json.dumps(manifest))
     return root

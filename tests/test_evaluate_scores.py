@@ -1,5 +1,5 @@
 """The EvalJob's scores against the libraries that define them: COCO mAP (pycocotools on the raw annotation
-file) and mIoU / pixel accuracy (torchmetrics)."""
+file), mIoU / pixel accuracy, multi-label mAP and balanced accuracy (torchmetrics)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ import evaluate_fixtures as fx  # noqa: E402
 
 from freeatm.runtime.evaluate.datasets import open_split  # noqa: E402
 from freeatm.runtime.evaluate.detection import score_detections  # noqa: E402
-from freeatm.runtime.evaluate.scores import Confusion, recall_at_k, topk_accuracy  # noqa: E402
+from freeatm.runtime.evaluate.scores import (  # noqa: E402
+    Confusion,
+    balanced_accuracy,
+    mean_average_precision,
+    recall_at_k,
+    topk_accuracy,
+)
 
 
 def fixed_predictions(split, seed: int = 0) -> list[dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
@@ -124,3 +130,25 @@ def test_topk_and_recall() -> None:
     relevant = torch.eye(3, dtype=torch.bool)
     assert recall_at_k(logits, relevant, 1) == pytest.approx(1 / 3)
     assert recall_at_k(logits, relevant, 3) == 1.0
+
+
+def test_multilabel_map_and_balanced_accuracy_equal_torchmetrics() -> None:
+    from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+
+    g = torch.Generator().manual_seed(2)
+    targets = (torch.rand(50, 5, generator=g) < 0.3).long()
+    targets[:, 4] = 0  # a class that never occurs is left out of the mean
+    scores = targets * 0.5 + torch.rand(50, 5, generator=g)
+    scores[:10, 0] = 0.25  # ties
+    ap = MultilabelAveragePrecision(num_labels=4, average="macro")
+    assert mean_average_precision(scores, targets) == pytest.approx(
+        float(ap(scores[:, :4], targets[:, :4])), abs=1e-6
+    )
+    assert mean_average_precision(targets.float(), targets) == pytest.approx(1.0)
+
+    logits = torch.randn(60, 4, generator=g)
+    labels = torch.cat(
+        [torch.zeros(40, dtype=torch.long), torch.randint(1, 3, (20,), generator=g)]
+    )  # no class 3
+    per_class = MulticlassAccuracy(num_classes=4, average=None)(logits, labels)[:3]
+    assert balanced_accuracy(logits, labels, 4) == pytest.approx(float(per_class.mean()), abs=1e-6)

@@ -5,8 +5,10 @@ export/metadata.json, or random://BACKBONE?imageSize=N as the random-init baseli
 side-by-side table. Files, in reading order:
 
 - ``job.py``            the run: checkpoints, datasets, resume, progress, metrics, report
-- ``datasets.py``       readers: imagefolder, PASCAL VOC, COCO, ADE20K, Cityscapes, ShapesBench (toy://)
+- ``datasets.py``       readers: imagefolder, PASCAL VOC, COCO, ADE20K, Cityscapes, ShapesBench (toy://), synthetic
 - ``classification.py`` kNN and linear probe on frozen global features       -> top1 (top5 above 5 classes)
+- ``objects.py``        per-object probe on features pooled inside each true object mask -> top1, balanced_top1;
+                        multi-label presence on frozen global features        -> map
 - ``segmentation.py``   BN + 1x1 head on frozen or fine-tuned dense features  -> miou, pixel_acc
 - ``detection.py``      torchvision Faster R-CNN on the backbone               -> map (@[.5:.95]), map50
 - ``retrieval.py``      LiT-style: frozen images, text tower learnt on the fly -> recall@1, recall@5, recall@k

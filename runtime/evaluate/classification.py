@@ -44,9 +44,16 @@ def knn_scores(
 
 
 def train_linear(
-    x: Tensor, y: Tensor, num_classes: int, settings: Settings, device: torch.device | None = None
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    settings: Settings,
+    device: torch.device | None = None,
+    multilabel: bool = False,
 ) -> nn.Module:
-    """A standardising linear classifier fitted to features `x` [N, C] and labels `y` (on `device`)."""
+    """A standardising linear classifier fitted to features `x` [N, C] and labels `y` (on `device`): class
+    indices [N] (softmax cross-entropy), or with `multilabel` multi-hot targets [N, classes] (per-class
+    sigmoid)."""
     torch.manual_seed(settings.seed)
     device = device or x.device
     x, y = x.to(device), y.to(device)
@@ -58,7 +65,11 @@ def train_linear(
     xn = (x - mean) / std
     for _ in range(settings.epochs):
         for idx in torch.randperm(x.shape[0], device=device).split(settings.batch_size):
-            loss = F.cross_entropy(linear(xn[idx]), y[idx])
+            logits = linear(xn[idx])
+            if multilabel:
+                loss = F.binary_cross_entropy_with_logits(logits, y[idx])
+            else:
+                loss = F.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

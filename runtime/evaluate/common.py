@@ -156,23 +156,32 @@ def fits_cache(items: int, bytes_per_item: int) -> bool:
 
 
 # Frozen features of recent (checkpoint, split, size) combinations, within the cache budget (fits_cache): kNN,
-# the linear probe and retrieval on the same data share one forward pass over it.
+# the linear probe, presence and retrieval on the same data share one forward pass over it, and the object probe's
+# pass fills the global features too.
 _CACHE: OrderedDict[tuple[str, ...], Tensor] = OrderedDict()
+
+
+def _key(kind: str, ckpt: Checkpoint, split: Split, settings: Settings) -> tuple[str, ...]:
+    ids = hashlib.sha256("\0".join(s.id for s in split.samples).encode()).hexdigest()
+    return (kind, ckpt.fingerprint, split.where, split.name, ids, str(settings.image_size))
+
+
+def _remember(key: tuple[str, ...], value: Tensor) -> Tensor:
+    _CACHE[key] = value
+    _CACHE.move_to_end(key)
+    while len(_CACHE) > 1 and not fits_cache(1, sum(t.numel() * t.element_size() for t in _CACHE.values())):
+        _CACHE.popitem(last=False)
+    return value
 
 
 def _cached(
     kind: str, ckpt: Checkpoint, split: Split, settings: Settings, compute: Callable[[], Tensor]
 ) -> Tensor:
-    ids = hashlib.sha256("\0".join(s.id for s in split.samples).encode()).hexdigest()
-    key = (kind, ckpt.fingerprint, split.where, split.name, ids, str(settings.image_size))
+    key = _key(kind, ckpt, split, settings)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    value = compute()
-    _CACHE[key] = value
-    while len(_CACHE) > 1 and not fits_cache(1, sum(t.numel() * t.element_size() for t in _CACHE.values())):
-        _CACHE.popitem(last=False)
-    return value
+    return _remember(key, compute())
 
 
 def clear_feature_cache() -> None:
@@ -198,8 +207,59 @@ def dense_features(ckpt: Checkpoint, split: Split, settings: Settings) -> Tensor
     return _cached("dense", ckpt, split, settings, lambda: _features(ckpt, split, settings, dense=True))
 
 
+def object_features(ckpt: Checkpoint, split: Split, settings: Settings) -> tuple[Tensor, Tensor]:
+    """([M, C] features, [M] class labels) of every object of `split` that its instance map shows: the frozen
+    dense map averaged inside the object's mask, each cell weighted by the share of it the object covers. The
+    same pass leaves the split's global features (pooled_features) in the cache."""
+    keys = [_key(kind, ckpt, split, settings) for kind in ("objects", "object-labels")]
+    if all(k in _CACHE for k in keys):
+        return _CACHE[keys[0]], _CACHE[keys[1]]
+    feats, labels, pooled = _object_pass(ckpt, split, settings)
+    _remember(_key("pooled", ckpt, split, settings), pooled)
+    return _remember(keys[0], feats), _remember(keys[1], labels)
+
+
+@torch.no_grad()
+def _object_pass(ckpt: Checkpoint, split: Split, settings: Settings) -> tuple[Tensor, Tensor, Tensor]:
+    feats, labels, pooled = [], [], []
+    for chunk, x in image_batches(split.samples, settings.image_size, ckpt, settings.batch_size):
+        dense = ckpt.backbone.forward_features(x).float()
+        pooled.append(dense.mean(dim=(2, 3)).cpu())  # what Backbone.forward computes
+        for sample, fmap in zip(chunk, dense.cpu(), strict=True):
+            instances = _instances_of(sample, split.where)
+            ids = torch.arange(1, len(sample.object_labels) + 1)
+            # Area share of each object in each feature cell: the whole image maps onto the grid.
+            weights = F.adaptive_avg_pool2d((instances[None] == ids[:, None, None]).float(), fmap.shape[1:])
+            mass = weights.sum(dim=(1, 2))
+            shown = mass > 0  # an object the label map does not show (e.g. an attention mask that missed it)
+            feats.append(torch.einsum("khw,chw->kc", weights[shown], fmap) / mass[shown, None])
+            labels.append(torch.tensor(sample.object_labels, dtype=torch.long)[shown])
+    return torch.cat(feats), torch.cat(labels), torch.cat(pooled)
+
+
+def _instances_of(sample: Sample, where: str) -> Tensor:
+    if sample.load_instances is None:
+        raise InvalidInput(f"{where}: image {sample.id} has no object masks")
+    instances = sample.load_instances()
+    image = sample.load_image()
+    if instances.shape != image.shape[:2]:
+        raise InvalidInput(
+            f"{where}: instance map of image {sample.id} is {instances.shape[1]}x{instances.shape[0]} but the "
+            f"image is {image.shape[1]}x{image.shape[0]}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(instances)).long()
+
+
 def labels_of(split: Split) -> Tensor:
     return torch.tensor([s.label for s in split.samples], dtype=torch.long)
+
+
+def presence_of(split: Split) -> Tensor:
+    """[N, classes] float multi-hot: which classes the objects of each image belong to."""
+    present = torch.zeros(len(split), len(split.classes))
+    for i, sample in enumerate(split.samples):
+        present[i, sample.object_labels] = 1.0
+    return present
 
 
 __all__ = [
@@ -211,6 +271,8 @@ __all__ = [
     "labels_of",
     "load_checkpoint",
     "load_masks",
+    "object_features",
     "pooled_features",
+    "presence_of",
     "preprocess",
 ]

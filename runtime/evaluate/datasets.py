@@ -13,11 +13,16 @@ label maps are decoded on demand. One reader per format:
                    ignored; k = class k-1; names from ``objectInfo150.csv`` when present)
 - ``cityscapes``   ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with
                    ``gtFine/<split>/<city>/*_gtFine_labelIds.png``, mapped to the 19 train ids (255 = ignore)
-- ``shapes``       ``toy://shapesbench/<split>[?images=N&size=S]``: ShapesBench scenes rendered on the fly
-                   (:mod:`freeatm.runtime.shapes`); the image label is the shape of the largest object,
-                   segmentation classes are background + the three shapes, boxes are the objects' extents.
-                   Splits train/val/test are disjoint streams (seeds 1000/1001/1002; default 512/256/256
-                   images of 32 px); the URI's path names the scored split, the probe trains on trainSplit
+- ``shapes``       ``toy://shapesbench/<split>[?variant=plain|clutter&images=N&size=S]``: ShapesBench scenes
+                   rendered on the fly (:mod:`freeatm.runtime.shapes`); the image label is the shape of the
+                   largest object, segmentation classes are background + the shapes (3 plain, 6 clutter),
+                   boxes are the objects' extents, objects are the true instance masks. Splits
+                   train/val/test are disjoint streams (seeds 1000/1001/1002; default 512/256/256 images of
+                   32 px); the URI's path names the scored split, the probe trains on trainSplit
+- ``synthetic``    what a SyntheticDataset writes (docs/dataset-format.md), one dataset per split:
+                   ``<root>/<split>/manifest.json`` and its shards; objects are the label map's instances
+                   with the class of their record, segmentation classes are background + the manifest's
+                   ``classes``
 
 Dataset URIs on s3:// are copied to the local cache first (:func:`freeatm.runtime.storage.sync_to_cache`).
 Every problem with the data raises :class:`InvalidInput` naming the file at fault.
@@ -26,6 +31,7 @@ Every problem with the data raises :class:`InvalidInput` naming the file at faul
 from __future__ import annotations
 
 import csv
+import io
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -40,7 +46,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import InvalidInput
 from ..storage import sync_to_cache
 
-Task = Literal["classification", "segmentation", "detection", "retrieval"]
+Task = Literal["classification", "segmentation", "detection", "retrieval", "objects"]
 IGNORE = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 
@@ -63,6 +69,7 @@ ADE20K_CLASSES = 150
 SHAPES_SEEDS = {"train": 1000, "val": 1001, "test": 1002}
 SHAPES_DEFAULT_IMAGES = {"train": 512, "val": 256, "test": 256}
 SHAPES_DEFAULT_SIZE = 32
+SYNTHETIC_FORMAT = "freeatm.synthetic/v1"
 
 
 @dataclass
@@ -84,6 +91,10 @@ class Sample:
     """detection: boxes the score ignores (COCO iscrowd, VOC difficult)."""
     captions: list[str] = field(default_factory=list)
     """retrieval: the captions of the image."""
+    load_instances: Callable[[], np.ndarray] | None = None
+    """objects: H x W int64 instance map, 0 = background, k = the k-th entry of object_labels."""
+    object_labels: list[int] = field(default_factory=list)
+    """objects: class index of each object, in instance order."""
     size: tuple[int, int] | None = None
     """(height, width) when the annotations tell it without decoding the image."""
 
@@ -516,6 +527,16 @@ def _shapes(uri: str, split: str, task: Task) -> Split:
     if split not in SHAPES_SEEDS:
         raise InvalidInput(f"{uri}: ShapesBench split {split!r} not found; it has: {', '.join(SHAPES_SEEDS)}")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = sorted(set(query) - {"variant", "images", "size"})
+    if unknown:
+        raise InvalidInput(
+            f"{uri}: unknown parameter {', '.join(unknown)}; toy://shapesbench takes variant, images, size"
+        )
+    variant = query.get("variant", "plain")
+    if variant not in shapes.VARIANTS:
+        raise InvalidInput(
+            f"{uri}: ShapesBench variant {variant!r} not found; it has: {', '.join(shapes.VARIANTS)}"
+        )
     try:
         count = int(query.get("images", SHAPES_DEFAULT_IMAGES[split]))
         size = int(query.get("size", SHAPES_DEFAULT_SIZE))
@@ -524,12 +545,16 @@ def _shapes(uri: str, split: str, task: Task) -> Split:
     if count < 1 or size < 16:
         raise InvalidInput(f"{uri}: needs images >= 1 and size >= 16")
     seed = SHAPES_SEEDS[split]
-    names = list(shapes.SHAPES)
-    classes = names if task in ("classification", "detection") else ["background", *names]
+    names = list(shapes.shapes_of(variant))
+    classes = names if task in ("classification", "detection", "objects") else ["background", *names]
     samples = []
     for index in range(count):
-        samples.append(_shapes_sample(shapes.render_scene(seed, index, size), names, task))
-    return Split(split, f"toy://shapesbench/{split}", classes if task != "retrieval" else [], samples)
+        samples.append(_shapes_sample(shapes.render(seed, index, size, variant), names, task))
+    # `where` tells scenes apart in the feature cache: the sample ids are the same in every variant and size.
+    where = f"toy://shapesbench/{split}"
+    if variant != "plain" or size != SHAPES_DEFAULT_SIZE:
+        where += f"?variant={variant}&size={size}"
+    return Split(split, where, classes if task != "retrieval" else [], samples)
 
 
 def _shapes_sample(scene: Any, names: list[str], task: Task) -> Sample:
@@ -547,9 +572,106 @@ def _shapes_sample(scene: Any, names: list[str], task: Task) -> Sample:
         sample.boxes = [tuple(float(v) for v in obj.box) for obj in scene.objects]  # type: ignore[misc]
         sample.box_labels = [names.index(obj.shape) for obj in scene.objects]
         sample.crowd = [False] * len(scene.objects)
+    elif task == "objects":
+        instances = scene.label_map()
+        sample.load_instances = lambda: instances
+        sample.object_labels = [names.index(obj.shape) for obj in scene.objects]
     else:
         sample.captions = [scene.caption]
     return sample
+
+
+# --------------------------------------------------------------------------------------------- synthetic
+
+
+def _synthetic(root: Path, split: str, task: Task) -> Split:
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    _need(task, "synthetic", ("objects", "segmentation"))
+    base = root / split
+    path = base / "manifest.json"
+    if not path.is_file():
+        raise InvalidInput(
+            f"{path}: split {split!r} not found (a synthetic dataset per split: <root>/<split>/manifest.json); "
+            f"{root} has: {_available(root)}"
+        )
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict) or manifest.get("format") != SYNTHETIC_FORMAT:
+        raise InvalidInput(f"{path}: not a synthetic dataset (format is not {SYNTHETIC_FORMAT!r})")
+    if not manifest.get("hasMasks"):
+        raise InvalidInput(f"{path}: the dataset has no masks (hasMasks: false)")
+    classes = [str(c) for c in manifest.get("classes") or []]
+    try:
+        shards = [
+            _exists(base / str(s["name"])) for s in manifest.get("shards") or [] if int(s["samples"]) > 0
+        ]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidInput(f"{path}: corrupt shard list ({e})") from e
+    samples = []
+    for shard in shards:
+        with shard.open("rb") as stream:
+            try:
+                for raw in group_by_keys(tar_file_expander([{"stream": stream, "url": str(shard)}])):
+                    samples.append(_synthetic_sample(raw, classes, task, f"{shard}: sample {raw['__key__']}"))
+            except InvalidInput:
+                raise
+            except Exception as e:  # a corrupt tar
+                raise InvalidInput(f"{shard}: not a readable tar: {type(e).__name__}: {e}") from e
+    return Split(split, str(base), classes if task == "objects" else ["background", *classes], samples)
+
+
+def _synthetic_sample(raw: dict[str, Any], classes: list[str], task: Task, where: str) -> Sample:
+    """A sample of the undecoded tar members `raw`: its image and label map decode on demand."""
+    labels = _synthetic_labels(raw, classes, where)
+    for member in ("png", "mask.png"):
+        if member not in raw:
+            raise InvalidInput(f"{where}: no .{member} member")
+
+    def image() -> np.ndarray:
+        return _decode(raw["png"], where, "RGB")
+
+    def instances() -> np.ndarray:
+        mask = _decode(raw["mask.png"], where, None)
+        height, width = image().shape[:2]
+        if mask.shape != (height, width):  # masks may be stored at attention.maskResolution
+            rows = np.arange(height) * mask.shape[0] // height
+            cols = np.arange(width) * mask.shape[1] // width
+            mask = mask[rows[:, None], cols[None, :]]
+        if mask.max(initial=0) > len(labels):
+            raise InvalidInput(
+                f"{where}: label map holds label {int(mask.max())} but the record lists {len(labels)} objects"
+            )
+        return mask.astype(np.int64)
+
+    sample = Sample(str(raw["__key__"]).rsplit("/", 1)[-1], image)
+    if task == "objects":
+        sample.load_instances, sample.object_labels = instances, labels
+    else:
+        lut = np.array([0, *(c + 1 for c in labels)], dtype=np.int64)
+        sample.load_mask = lambda: lut[instances()]
+    return sample
+
+
+def _decode(data: bytes, where: str, mode: str | None) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert(mode) if mode else im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InvalidInput(f"{where}: corrupt or unreadable image or label map ({e})") from e
+
+
+def _synthetic_labels(raw: dict[str, Any], classes: list[str], where: str) -> list[int]:
+    """The class index of each object of a sample's record, in label order."""
+    try:
+        record = json.loads(raw["json"])
+        objects = sorted(record["objects"], key=lambda o: int(o["label"]))
+        names = [str(o["class"]) for o in objects]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidInput(f"{where}: corrupt record (.json: {e})") from e
+    missing = sorted(set(names) - set(classes))
+    if missing:
+        raise InvalidInput(f"{where}: class list mismatch: {missing} not in the manifest's classes {classes}")
+    return [classes.index(n) for n in names]
 
 
 _READERS: dict[str, Callable[[Path, str, Task], Split]] = {
@@ -558,4 +680,5 @@ _READERS: dict[str, Callable[[Path, str, Task], Split]] = {
     "coco": _coco,
     "ade20k": _ade20k,
     "cityscapes": _cityscapes,
+    "synthetic": _synthetic,
 }

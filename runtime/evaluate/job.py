@@ -35,6 +35,7 @@ from .classification import run_knn, run_linear_probe
 from .common import Checkpoint, Settings, load_checkpoint, pick_device
 from .datasets import SHAPES_SEEDS, Split, Task, check_same_classes, open_split
 from .detection import run_detection
+from .objects import run_object_probe, run_presence
 from .report import write_report
 from .retrieval import run_retrieval
 from .segmentation import run_semseg
@@ -50,6 +51,8 @@ PROTOCOLS: dict[str, tuple[Task, Protocol]] = {
     "semseg": ("segmentation", run_semseg),
     "detection": ("detection", run_detection),
     "retrieval": ("retrieval", run_retrieval),
+    "object-probe": ("objects", run_object_probe),
+    "presence": ("objects", run_presence),
 }
 # (epochs, lr) when the benchmark leaves them unset: fast on CPU at toy sizes, sensible beyond.
 DEFAULTS: dict[str, tuple[int, float]] = {
@@ -58,6 +61,8 @@ DEFAULTS: dict[str, tuple[int, float]] = {
     "semseg": (30, 1e-2),
     "detection": (12, 2e-2),
     "retrieval": (40, 3e-3),
+    "object-probe": (100, 1e-2),
+    "presence": (100, 1e-2),
 }
 
 # The parameters each protocol uses (what the report shows).
@@ -67,6 +72,8 @@ SHOWN_SETTINGS: dict[str, tuple[str, ...]] = {
     "semseg": ("epochs", "lr", "batchSize", "imageSize", "finetune"),
     "detection": ("epochs", "lr", "batchSize", "imageSize", "finetune"),
     "retrieval": ("epochs", "lr", "batchSize", "imageSize", "k"),
+    "object-probe": ("epochs", "lr", "batchSize", "imageSize"),
+    "presence": ("epochs", "lr", "batchSize", "imageSize"),
 }
 
 

@@ -1,7 +1,9 @@
-"""The scores: classification accuracy, segmentation mIoU and pixel accuracy, COCO mAP, retrieval recall@K.
+"""The scores: classification accuracy (plain and class-balanced), multi-label mAP, segmentation mIoU and pixel
+accuracy, COCO mAP, retrieval recall@K.
 
-mAP is computed by pycocotools' COCOeval itself; mIoU follows torchmetrics' JaccardIndex (macro average over
-the classes that occur in the predictions or the targets, ignore index excluded) and the tests check both.
+COCO mAP is computed by pycocotools' COCOeval itself; mIoU follows torchmetrics' JaccardIndex (macro average
+over the classes that occur in the predictions or the targets, ignore index excluded) and multi-label mAP its
+MultilabelAveragePrecision; the tests check all three.
 """
 
 from __future__ import annotations
@@ -46,6 +48,33 @@ class Confusion:
     def pixel_accuracy(self) -> float:
         total = self.matrix.sum()
         return float(self.matrix.diag().sum().double() / total) if total else 0.0
+
+
+def balanced_accuracy(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """The mean over the classes present in `target` of the share of their rows predicted right (chance:
+    1 / classes, whatever the class balance)."""
+    pred = logits.argmax(dim=1)
+    recalls = [
+        float((pred[target == c] == c).float().mean()) for c in range(num_classes) if (target == c).any()
+    ]
+    return sum(recalls) / len(recalls) if recalls else 0.0
+
+
+def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Multi-label mAP: the mean over the classes (columns) with a positive row of their average precision,
+    sum over distinct score thresholds of (recall step) x precision, as torchmetrics' MultilabelAveragePrecision."""
+    aps = []
+    for column, positive in zip(scores.T.double(), targets.T.bool(), strict=True):
+        if not positive.any():
+            continue
+        order = column.argsort(descending=True)
+        ranked, hits = column[order], positive[order].double()
+        tp, fp = hits.cumsum(0), (1 - hits).cumsum(0)
+        last = torch.cat([ranked[1:] != ranked[:-1], torch.tensor([True])])  # the last row of each tie
+        precision, recall = (tp / (tp + fp))[last], (tp / tp[-1])[last]
+        steps = recall - torch.cat([torch.zeros(1, dtype=recall.dtype), recall[:-1]])
+        aps.append(float((steps * precision).sum()))
+    return sum(aps) / len(aps) if aps else 0.0
 
 
 def coco_map(gt: dict[str, Any], detections: list[dict[str, Any]]) -> dict[str, float]:
