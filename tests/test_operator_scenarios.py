@@ -473,12 +473,16 @@ def test_a_quota_forbidding_the_job_is_a_status_retried_with_backoff(cluster):
         "metadata": {"name": "no-jobs"},
         "spec": {"hard": {"count/jobs.batch": "0"}},
     }
-    c.create(quota)
+    quotas = f"/api/v1/namespaces/{c.namespace}/resourcequotas"
+    c.api.create(quotas, {"apiVersion": "v1", **quota})
+    # What the ResourceQuota controller (not run by the test control plane) would compute; admission needs it.
+    used = {"status": {"hard": {"count/jobs.batch": "0"}, "used": {"count/jobs.batch": "0"}}}
+    c.api.patch(f"{quotas}/no-jobs/status", used)
     c.create(sds("quota", workers=1))
     status = wait_phase(c, "SyntheticDataset", "quota", "Failed")
     assert condition(status, "Stalled")["reason"] == "CreateForbidden"
     assert "forbidden" in condition(status, "Stalled")["message"]
-    c.api.delete(f"/api/v1/namespaces/{c.namespace}/resourcequotas/no-jobs")
+    c.api.delete(f"{quotas}/no-jobs")
     wait_for(lambda: c.job("quota-gen"), 40, "the Job once the quota is gone")
     wait_phase(c, "SyntheticDataset", "quota", "Pending", timeout=30)
     assert len(warnings_of(c, "quota")) == 1
