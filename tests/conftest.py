@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,11 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         plane.start()
         plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        # Established is not served yet: the kinds' watch caches answer 429 until they are initialised.
+        deadline = time.monotonic() + 60
+        while plane.kubectl("get", "freeatm", "-A", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the freeatm kinds were never served"
+            time.sleep(0.2)
         yield plane
     finally:
         plane.stop()

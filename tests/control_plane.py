@@ -2,7 +2,7 @@
 
 etcd, kube-apiserver (client-certificate and service-account-token authentication, RBAC authorization, the
 default admission plugins), kube-controller-manager (the Job, TTL-after-finished, garbage-collector,
-Deployment, ReplicaSet, service-account and namespace controllers) and kube-scheduler, all built from pinned Go modules by
+Deployment, ReplicaSet, service-account, namespace and node-lifecycle controllers) and kube-scheduler, all built from pinned Go modules by
 `.ci/build-control-plane.sh`. Certificates are generated per run. Nothing listens beyond 127.0.0.1, and every
 process is stopped by its PID.
 
@@ -38,6 +38,7 @@ CONTROLLERS = (
     "garbage-collector-controller",
     "serviceaccount-controller",
     "namespace-controller",
+    "node-lifecycle-controller",
 )
 """The controllers a freeatm workload meets on a cluster (the rest need nodes, clouds or volumes)."""
 
@@ -253,6 +254,12 @@ class ControlPlane:
                 f"--tls-cert-file={p / 'apiserver.crt'}",
                 f"--tls-private-key-file={p / 'apiserver.key'}",
                 f"--client-ca-file={p / 'ca.crt'}",
+                # What the controller-manager and scheduler look up for delegated authentication (kubeadm's).
+                f"--requestheader-client-ca-file={p / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 "--authorization-mode=RBAC",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={p / 'service-account.pub'}",
@@ -276,6 +283,8 @@ class ControlPlane:
                 f"--controllers={','.join(CONTROLLERS)}",
                 f"--service-account-private-key-file={p / 'service-account.key'}",
                 f"--root-ca-file={p / 'ca.crt'}",
+                # Each controller acts as its own ServiceAccount with its bootstrap RBAC role, as kubeadm sets up.
+                "--use-service-account-credentials=true",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",

@@ -349,8 +349,11 @@ class ControlPlaneCluster(Cluster):
         self.api.create(
             "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
         )
-        # Pods need the namespace's `default` ServiceAccount, which the service-account controller makes.
-        wait_for(lambda: self.api.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"), 30, "default SA")
+        # The runtime's ServiceAccount, which the chart makes in each runtime namespace (the operator's default).
+        self.api.create(
+            f"/api/v1/namespaces/{ns}/serviceaccounts",
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": self.config.service_account}},
+        )
 
     def requests_for(self, method: str, kind: str) -> int:  # not observable on a real API server
         return -1
