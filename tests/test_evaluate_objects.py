@@ -24,12 +24,14 @@ from freeatm.runtime.evaluate.common import (  # noqa: E402
     Checkpoint,
     Settings,
     clear_feature_cache,
+    dense_features,
     load_checkpoint,
     object_features,
     pooled_features,
 )
 from freeatm.runtime.evaluate.datasets import open_split  # noqa: E402
 from freeatm.runtime.evaluate.objects import presence_map, probe_objects  # noqa: E402
+from freeatm.runtime.evaluate.segmentation import all_background_miou  # noqa: E402
 
 RANDOM = "random://vit_tiny?imageSize=32"
 CLUTTER = "toy://shapesbench/val?variant=clutter&images=24"
@@ -103,7 +105,17 @@ def test_object_features_pool_inside_each_true_mask() -> None:
     for (row, col), obj in zip(feats.tolist(), objects, strict=True):
         x0, y0, x1, y1 = obj.box  # the cell-weighted centre lies within a cell of the object
         assert y0 - 2 <= row <= y1 + 2 and x0 - 2 <= col <= x1 + 2
-    assert pooled_features(ckpt, split, SETTINGS).shape == (24, 2)  # left in the cache by the same pass
+    # The same pass leaves the global and dense features in the cache: presence and semseg need no pass.
+    ckpt.backbone.forward_features = None  # type: ignore[assignment,method-assign]
+    assert pooled_features(ckpt, split, SETTINGS).shape == (24, 2)
+    assert dense_features(ckpt, split, SETTINGS).shape == (24, 2, 8, 8)
+
+
+def test_all_background_floor() -> None:
+    split = open_split("shapes", CLUTTER, "val", "segmentation")
+    labels = np.stack([s.load_mask() for s in split.samples])  # type: ignore[misc]
+    present = len(np.unique(labels))
+    assert all_background_miou(split, 32) == pytest.approx(float((labels == 0).mean()) / present)
 
 
 def test_object_features_of_a_random_backbone_give_a_probe_result() -> None:

@@ -210,22 +210,30 @@ def dense_features(ckpt: Checkpoint, split: Split, settings: Settings) -> Tensor
 def object_features(ckpt: Checkpoint, split: Split, settings: Settings) -> tuple[Tensor, Tensor]:
     """([M, C] features, [M] class labels) of every object of `split` that its instance map shows: the frozen
     dense map averaged inside the object's mask, each cell weighted by the share of it the object covers. The
-    same pass leaves the split's global features (pooled_features) in the cache."""
+    same pass leaves the split's global features (pooled_features) and, when they fit, its dense maps
+    (dense_features) in the cache: presence and semseg on the same images need no pass of their own."""
     keys = [_key(kind, ckpt, split, settings) for kind in ("objects", "object-labels")]
     if all(k in _CACHE for k in keys):
         return _CACHE[keys[0]], _CACHE[keys[1]]
-    feats, labels, pooled = _object_pass(ckpt, split, settings)
+    feats, labels, pooled, dense = _object_pass(ckpt, split, settings)
     _remember(_key("pooled", ckpt, split, settings), pooled)
+    if dense is not None:
+        _remember(_key("dense", ckpt, split, settings), dense)
     return _remember(keys[0], feats), _remember(keys[1], labels)
 
 
 @torch.no_grad()
-def _object_pass(ckpt: Checkpoint, split: Split, settings: Settings) -> tuple[Tensor, Tensor, Tensor]:
-    feats, labels, pooled = [], [], []
+def _object_pass(
+    ckpt: Checkpoint, split: Split, settings: Settings
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    feats, labels, pooled, dense_maps = [], [], [], []
+    keep_dense = True
     for chunk, x in image_batches(split.samples, settings.image_size, ckpt, settings.batch_size):
-        dense = ckpt.backbone.forward_features(x).float()
-        pooled.append(dense.mean(dim=(2, 3)).cpu())  # what Backbone.forward computes
-        for sample, fmap in zip(chunk, dense.cpu(), strict=True):
+        dense = ckpt.backbone.forward_features(x).float().cpu()
+        pooled.append(dense.mean(dim=(2, 3)))  # what Backbone.forward computes
+        keep_dense = keep_dense and fits_cache(len(split), dense[0].numel() * dense.element_size())
+        dense_maps.append(dense if keep_dense else dense[:0])
+        for sample, fmap in zip(chunk, dense, strict=True):
             instances = _instances_of(sample, split.where)
             ids = torch.arange(1, len(sample.object_labels) + 1)
             # Area share of each object in each feature cell: the whole image maps onto the grid.
@@ -234,7 +242,12 @@ def _object_pass(ckpt: Checkpoint, split: Split, settings: Settings) -> tuple[Te
             shown = mass > 0  # an object the label map does not show (e.g. an attention mask that missed it)
             feats.append(torch.einsum("khw,chw->kc", weights[shown], fmap) / mass[shown, None])
             labels.append(torch.tensor(sample.object_labels, dtype=torch.long)[shown])
-    return torch.cat(feats), torch.cat(labels), torch.cat(pooled)
+    return (
+        torch.cat(feats),
+        torch.cat(labels),
+        torch.cat(pooled),
+        torch.cat(dense_maps) if keep_dense else None,
+    )
 
 
 def _instances_of(sample: Sample, where: str) -> Tensor:

@@ -2,9 +2,10 @@
 backbone's dense features, frozen or fine-tuned together with the head (backbone at lr / 10).
 
 Images and label maps are resized to the benchmark's square image size and scored there: mIoU over the classes
-that occur (torchmetrics' JaccardIndex, macro) and pixel accuracy, the ignore label (255) excluded. With a
-frozen backbone the training split's features are computed once when they fit the cache (common.fits_cache);
-otherwise, and when fine-tuning, every batch is read and encoded as it comes.
+that occur (torchmetrics' JaccardIndex, macro) and pixel accuracy, the ignore label (255) excluded; the floor
+to beat is all_background_miou. With a frozen backbone each split's features are computed once when they fit
+the cache (common.fits_cache; the object probe's pass leaves them there); otherwise, and when fine-tuning,
+every batch is read and encoded as it comes.
 """
 
 from __future__ import annotations
@@ -56,9 +57,7 @@ def train_head(ckpt: Checkpoint, train: Split, settings: Settings) -> tuple[nn.M
     steps = max(1, settings.epochs * math.ceil(len(train) / settings.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
 
-    stride = int(getattr(ckpt.backbone, "patch_size_or_stride", 8))
-    per_image = ckpt.backbone.feature_dim * max(1, size // stride) ** 2 * 4 + size * size * 8
-    cached = not settings.finetune and fits_cache(len(train), per_image)
+    cached = not settings.finetune and fits_cache(len(train), _bytes_per_image(ckpt, size))
     if cached:
         feats, masks = dense_features(ckpt, train, settings), load_masks(train.samples, size, train.where)
     head.train()
@@ -79,14 +78,36 @@ def train_head(ckpt: Checkpoint, train: Split, settings: Settings) -> tuple[nn.M
 
 @torch.no_grad()
 def score(backbone: nn.Module, head: Head, ckpt: Checkpoint, split: Split, settings: Settings) -> Confusion:
-    """The confusion matrix of the head's predictions over `split`, batch by batch."""
+    """The confusion matrix of the head's predictions over `split`, batch by batch (on the cached features of a
+    frozen backbone when they fit the cache)."""
     confusion = Confusion(len(split.classes), IGNORE)
+    size = settings.image_size
+    cached = not settings.finetune and fits_cache(len(split), _bytes_per_image(ckpt, size))
+    feats = dense_features(ckpt, split, settings) if cached else None
     for start in range(0, len(split), settings.batch_size):
-        x, m = load_batch(
-            split.samples[start : start + settings.batch_size], settings.image_size, ckpt, split.where
-        )
-        confusion.update(head(backbone.forward_features(x), settings.image_size).argmax(1).cpu(), m)  # type: ignore[operator]
+        chunk = split.samples[start : start + settings.batch_size]
+        if feats is not None:
+            f, m = feats[start : start + len(chunk)].to(ckpt.device), load_masks(chunk, size, split.where)
+        else:
+            x, m = load_batch(chunk, size, ckpt, split.where)
+            f = backbone.forward_features(x)  # type: ignore[operator]
+        confusion.update(head(f, size).argmax(1).cpu(), m)
     return confusion
+
+
+def all_background_miou(split: Split, image_size: int) -> float:
+    """The mIoU of predicting background (class 0) everywhere at `image_size`: the floor a head must beat."""
+    confusion = Confusion(len(split.classes), IGNORE)
+    for sample in split.samples:
+        mask = load_masks([sample], image_size, split.where)
+        confusion.update(torch.zeros_like(mask), mask)
+    return confusion.miou()
+
+
+def _bytes_per_image(ckpt: Checkpoint, size: int) -> int:
+    """Cached dense features and label map of one image."""
+    stride = int(getattr(ckpt.backbone, "patch_size_or_stride", 8))
+    return ckpt.backbone.feature_dim * max(1, size // stride) ** 2 * 4 + size * size * 8
 
 
 def run_semseg(ckpt: Checkpoint, train: Split, val: Split, settings: Settings) -> dict[str, float]:
