@@ -223,19 +223,18 @@ COLOUR_DRAWS = 11  # flip, jitter on/off, 4 factors, 4 keys of the jitter order,
 LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
 
 
-def _crop_size(u: np.ndarray, h: int, w: int, scale: tuple[float, float]) -> tuple[int, int]:
+def _crop_size(u: list[float], h: int, w: int, scale: tuple[float, float]) -> tuple[int, int]:
     """RandomResizedCrop's size (height, width): the first of CROP_TRIES (area share in `scale`, aspect ratio in
     [3/4, 4/3]) that fits, else the largest centred crop of aspect within those bounds."""
-    areas = h * w * (scale[0] + (scale[1] - scale[0]) * u[:CROP_TRIES])
-    ratios = np.exp(LOG_RATIO[0] + (LOG_RATIO[1] - LOG_RATIO[0]) * u[CROP_TRIES : 2 * CROP_TRIES])
-    widths, heights = np.round(np.sqrt(areas * ratios)), np.round(np.sqrt(areas / ratios))
-    fits = np.flatnonzero((widths > 0) & (widths <= w) & (heights > 0) & (heights <= h))
-    if fits.size:
-        return int(heights[fits[0]]), int(widths[fits[0]])
-    aspect = w / h
-    if aspect < 3 / 4:
+    for u_area, u_ratio in zip(u[:CROP_TRIES], u[CROP_TRIES : 2 * CROP_TRIES], strict=True):
+        area = h * w * (scale[0] + (scale[1] - scale[0]) * u_area)
+        ratio = math.exp(LOG_RATIO[0] + (LOG_RATIO[1] - LOG_RATIO[0]) * u_ratio)
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            return ch, cw
+    if w / h < 3 / 4:
         return round(w / (3 / 4)), w
-    if aspect > 4 / 3:
+    if w / h > 4 / 3:
         return h, round(h * 4 / 3)
     return h, w
 
@@ -244,7 +243,7 @@ def random_box(
     rng: np.random.Generator, h: int, w: int, scale: tuple[float, float]
 ) -> tuple[int, int, int, int]:
     """A RandomResizedCrop box (top, left, height, width); takes CROP_DRAWS uniforms from `rng`."""
-    u = rng.random(CROP_DRAWS)
+    u = rng.random(CROP_DRAWS).tolist()
     ch, cw = _crop_size(u, h, w, scale)
     return int(u[-3] * (h - ch + 1)), int(u[-2] * (w - cw + 1)), ch, cw
 
@@ -267,19 +266,15 @@ def object_box(
     follow RandomResizedCrop's distribution exactly. When no position keeps the share, the baseline's box is
     returned with False."""
     h, w = integral.shape[0] - 1, integral.shape[1] - 1
-    u = rng.random(CROP_DRAWS)
+    u = rng.random(CROP_DRAWS).tolist()
     ch, cw = _crop_size(u, h, w, scale)
     top, left = int(u[-3] * (h - ch + 1)), int(u[-2] * (w - cw + 1))
     need = min_share * max(int(integral[h, w]), 1)
-    inside = (
-        integral[ch:, cw:]
-        - integral[: h - ch + 1, cw:]
-        - integral[ch:, : w - cw + 1]
-        + integral[: h - ch + 1, : w - cw + 1]
-    )
-    if inside[top, left] >= need:
+    i = integral
+    if i[top + ch, left + cw] - i[top, left + cw] - i[top + ch, left] + i[top, left] >= need:
         return (top, left, ch, cw), True
-    valid = np.flatnonzero(inside >= need)
+    inside = i[ch:, cw:] - i[: h - ch + 1, cw:] - i[ch:, : w - cw + 1] + i[: h - ch + 1, : w - cw + 1]
+    valid = np.flatnonzero(inside >= need)  # every position, row-major
     if not valid.size:
         return (top, left, ch, cw), False
     top, left = divmod(int(valid[int(u[-1] * valid.size)]), w - cw + 1)
@@ -317,13 +312,12 @@ def draw_view(rng: np.random.Generator, h: int, w: int, aug: Augment, obj: np.nd
         box, kept = object_box(rng, obj, aug.scale, aug.min_object_share)
     else:
         box = random_box(rng, h, w, aug.scale)
-    u = rng.random(COLOUR_DRAWS)
+    u = rng.random(COLOUR_DRAWS).tolist()
     jitter = None
     if aug.colour and u[1] < 0.8:
         jitter = (0.6 + 0.8 * u[2], 0.6 + 0.8 * u[3], 0.6 + 0.8 * u[4], -0.1 + 0.2 * u[5])
-    order = tuple(int(i) for i in np.argsort(u[6:10]))
-    gray = aug.colour and u[10] < 0.2
-    return ViewParams(box, bool(u[0] < 0.5), jitter, order, bool(gray), kept)
+    order = tuple(sorted(range(4), key=u[6:10].__getitem__))
+    return ViewParams(box, u[0] < 0.5, jitter, order, aug.colour and u[10] < 0.2, kept)
 
 
 def crop_labels(
