@@ -11,6 +11,7 @@ There is no kubelet and no container runtime: `tests/pod_executor.py` plays the 
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import ipaddress
 import os
@@ -53,6 +54,11 @@ def kube_bin() -> Path | None:
     if value and all((Path(value) / b).exists() for b in ("etcd", "kube-apiserver", "kubectl")):
         return Path(value)
     return None
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when the thread that started it ends (a killed test run leaks nothing)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -188,7 +194,11 @@ class ControlPlane:
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the process keeps it
         self.processes[name] = subprocess.Popen(
-            [str(self.bin / args[0]), *args[1:]], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [str(self.bin / args[0]), *args[1:]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def _check_alive(self) -> None:

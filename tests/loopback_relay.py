@@ -11,6 +11,7 @@ executor relays `host.sock` → the API server's TCP port; inside the pod, this 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 import threading
@@ -62,7 +63,10 @@ def unix_connector(path: str) -> Callable[[], socket.socket]:
 
 
 if __name__ == "__main__":
-    sock_path, port, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    sock_path, port, ready = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    # The pod's volumes may be mounted over the socket's directory later (an emptyDir at /tmp, say): the
+    # working directory keeps the original one within reach.
+    os.chdir(sock_path.parent)
     server = socket.create_server(("127.0.0.1", port))
     Path(ready).touch()
-    serve(server, unix_connector(sock_path))
+    serve(server, unix_connector(sock_path.name))

@@ -49,6 +49,7 @@ import kubernetes.watch
 from kubernetes.client.exceptions import ApiException
 
 sys.path.insert(0, str(Path(__file__).parent))
+from control_plane import die_with_parent  # noqa: E402
 from loopback_relay import serve  # noqa: E402
 
 log = logging.getLogger("freeatm.test.pod-executor")
@@ -435,6 +436,7 @@ class PodExecutor:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def _token(self, c: Container, account: str) -> str:
