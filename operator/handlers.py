@@ -100,15 +100,25 @@ def touch(ctx: Context, kind: str, namespace: str, name: str, why: str) -> None:
     )
 
 
+def snapshot(index: Any) -> list[tuple[Any, list[Summary]]]:
+    """The kopf index's entries. kopf updates it on its event loop while sync handlers run in threads, so a
+    copy can meet a concurrent change: copy again (each change is a single small update)."""
+    while True:
+        try:
+            return [(key, list(store)) for key, store in list((index or {}).items())]
+        except RuntimeError:  # dictionary changed size during iteration
+            continue
+
+
 def wake_dependents(
     ctx: Context, index: Any, namespace: str, kind: str, name: str, phase: str | None
 ) -> None:
-    for (ns, dkind, dname), store in list((index or {}).items()):
+    for (ns, dkind, dname), store in snapshot(index):
         if ns != namespace:
             continue
         for summary in store:
             if [kind, name] in summary.get("deps", []) and _cares(summary):
-                touch(ctx, dkind, ns, dname, f"{kind}/{name}={phase or 'Deleted'}")
+                _safe_touch(ctx, dkind, ns, dname, f"{kind}/{name}={phase or 'Deleted'}")
 
 
 def backoff(base: float, attempts: int, cap: float) -> float:
@@ -234,7 +244,7 @@ def resync(ctx: Context, now: float) -> list[ResourceKey]:
         stale = [
             key
             for key, mem in ctx.resources.items()
-            if mem.phase is not None
+            if mem.known  # seen, whether or not a reconcile of it ever finished
             and mem.phase not in QUIET
             and now - mem.seen_at >= ctx.config.resync_seconds
         ]

@@ -377,3 +377,39 @@ def test_why_it_is_pending(pods, events, reason, text):
     phase, why, message = phase_of(plan)
     assert (phase, why) == ("Pending", reason) and text in message
     assert plan.requeue_after  # nobody reports a change of these: look again
+
+
+class ChangingIndex(dict):
+    """A kopf index that another thread changes while the first copy of it is taken."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.copies = 0
+
+    def items(self):  # type: ignore[override]
+        self.copies += 1
+        if self.copies == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        return super().items()
+
+
+def test_waking_dependents_survives_a_concurrent_index_change() -> None:
+    from freeatm.operator.handlers import wake_dependents
+
+    kube, ctx = world()
+    dependent = {"phase": "Waiting", "reason": None, "outputs": {}, "deps": [["SyntheticDataset", "d"]]}
+    index = ChangingIndex({(NS, "SyntheticDataset", "d"): [dependent]})
+    wake_dependents(ctx, index, NS, "SyntheticDataset", "d", "Succeeded")
+    assert index.copies == 2
+    assert "freeatm.io/wake" in kube.objects[RES]["metadata"].get("annotations", {})
+
+
+def test_resync_wakes_a_resource_whose_first_pass_never_finished() -> None:
+    from freeatm.operator.handlers import resync
+
+    kube, ctx = world()
+    with ctx.lock:
+        mem = ctx.memory(KEY)
+        mem.known, mem.seen_at = True, 0.0  # seen, but its reconcile failed before writing anything
+    assert resync(ctx, now=ctx.config.resync_seconds + 1) == [KEY]
+    assert kube.objects[RES]["metadata"]["annotations"]["freeatm.io/wake"].startswith("resync@")
