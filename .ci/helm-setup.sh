@@ -50,8 +50,9 @@ if [ -z "$PROMTOOL" ]; then
 fi
 "$PROMTOOL" --version 2>&1 | head -1
 
-cat > "$ENV_FILE" <<ENV
-FREEATM_HELM_PYTHON=$VENV/bin/python
-FREEATM_PROMTOOL=$PROMTOOL
-ENV
+# Keep the other scripts' lines (.ci/build-control-plane.sh writes FREEATM_KUBE_BIN).
+touch "$ENV_FILE"
+grep -v -e '^FREEATM_HELM_PYTHON=' -e '^FREEATM_PROMTOOL=' "$ENV_FILE" > "$ENV_FILE.tmp" || true
+printf 'FREEATM_HELM_PYTHON=%s\nFREEATM_PROMTOOL=%s\n' "$VENV/bin/python" "$PROMTOOL" >> "$ENV_FILE.tmp"
+mv "$ENV_FILE.tmp" "$ENV_FILE"
 echo "helm-setup: wrote $ENV_FILE"
