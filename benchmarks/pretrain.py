@@ -1,7 +1,7 @@
 """Throughput of mask-guided pretraining vs its baseline, for contrastive (SimCLR ± mask-aware crops and the
 object term) and MIM (MAE ± guided masking and object-weighted loss), on the same data in one run.
 
-    python benchmarks/pretrain.py [--images 64] [--batch 8] [--steps 16] [--mim-steps 64] [--workers 0]
+    python benchmarks/pretrain.py [--images 64] [--batch 8] [--steps 48] [--mim-steps 64] [--workers 0]
     python benchmarks/pretrain.py --gpu --precision bf16 --workers 8 --batch 64 --images 512   # GPU check
 
 Each step is timed end to end in one process (fetching the batch — shard reading, decoding, augmentation — then
@@ -128,7 +128,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=16, help="timed contrastive steps per variant")
+    parser.add_argument("--steps", type=int, default=48, help="timed contrastive steps per variant")
     parser.add_argument(
         "--mim-steps", type=int, default=64, help="timed MIM steps per variant (cheaper steps)"
     )
