@@ -390,7 +390,7 @@ class ShardStream(IterableDataset):
 
     Each loader worker produces every `workers`-th batch of the epoch from its own part of the rank's data; the
     DataLoader interleaves them back into order. A batch is a dict: "index" [B] and "view1"/"view2" (contrastive) or "image" (MIM),
-    with "mask1"/"mask2"/"mask" label maps when masks are used.
+    with "mask1"/"mask2"/"mask" label maps when masks are used, and "objectCrops" ([mask-aware crops made, missed]).
     """
 
     def __init__(self, cfg: StreamConfig) -> None:

@@ -286,12 +286,18 @@ class Trainer:
         return self.last_loss, parts
 
     def log_epoch(self, epoch: int) -> None:
-        """One line per epoch: the mean of each loss part, and how many mask-aware crops missed their object."""
-        stats = self.epoch_stats
-        means = ", ".join(f"{k} {v:.4f}" for k, v in stats.means().items())
-        log.info("epoch %d done at step %d: %s", epoch + 1, self.step, means or "no steps")
-        if "maskedObjectShare" in stats.means():
-            metrics.TRAIN_MASKED_OBJECT_SHARE.set(stats.means()["maskedObjectShare"])
+        """One line per epoch (rank 0, its own steps): the mean of each loss part, and how many mask-aware crops
+        missed their object; then start the next epoch's sums."""
+        stats, self.epoch_stats = self.epoch_stats, EpochStats()
+        means = stats.means()
+        if "maskedObjectShare" in means:
+            metrics.TRAIN_MASKED_OBJECT_SHARE.set(means["maskedObjectShare"])
+        if not self.dist.is_main:
+            return
+        log.info(
+            "epoch %d done at step %d: %s",
+            epoch + 1, self.step, ", ".join(f"{k} {v:.4f}" for k, v in means.items()) or "no steps",
+        )  # fmt: skip
         made, missed = int(stats.sums.get("objectCrops", 0)), int(stats.sums.get("objectCropMisses", 0))
         if made:
             log.info(
@@ -299,7 +305,6 @@ class Trainer:
                 "baseline's position",
                 epoch + 1, missed, made, 100 * missed / made, 100 * self.method.min_object_share,
             )  # fmt: skip
-        self.epoch_stats = EpochStats()
 
     # -- checkpoints
 
@@ -417,8 +422,7 @@ class Trainer:
                 progress.update(self.step, epoch=epoch + 1, step=self.step, loss=round(loss, 5))
                 if self.step % every == 0 or self.step == self.total_steps:
                     self.save_checkpoint()
-            if self.dist.is_main:
-                self.log_epoch(epoch)
+            self.log_epoch(epoch)
         progress.update(
             self.step, force=True, epoch=self.training.epochs, step=self.step, loss=round(self.last_loss, 5)
         )
