@@ -144,6 +144,10 @@ def run(
     table = results_table(workdir.resolve())
     if table is not None:
         console.print(table)
+        console.print(
+            "One seed cannot show whether the masks help; the paired multi-seed experiment is "
+            "`freeatm shapesbench study` (docs/study.md)."
+        )
     console.print(f"report: {written}")
     raise typer.Exit(code)
 

@@ -148,6 +148,36 @@ def eval_chart(workdir: Path, target: Path) -> bool:
     return True
 
 
+def one_seed_statement(results: list[dict[str, Any]]) -> list[str]:
+    """What a single run's evaluation can and cannot say, as report lines: whether pretraining learnt something
+    (baseline vs the random-init reference on the per-object probe, when both were scored) and that one seed
+    cannot show a mask-guidance effect."""
+    probe = {
+        r["checkpoint"]: r["value"]
+        for r in results
+        if r["benchmark"].startswith("object-probe") and r["metric"] == "top1"
+    }
+    lines = []
+    if "baseline" in probe and "random-init" in probe:
+        gain = 100 * (probe["baseline"] - probe["random-init"])
+        lines.append(
+            f"Per-object probe (top-1): the SimCLR baseline scores {probe['baseline']:.3f}, a random-init backbone "
+            f"{probe['random-init']:.3f} ({gain:+.1f} points): "
+            + (
+                "pretraining learnt object features."
+                if gain >= 10
+                else "pretraining learnt little; train longer."
+            )
+        )
+    lines.append(
+        "This is one seed. The difference between the baseline and the mask-guided checkpoint here is within the "
+        "run-to-run noise of one pretraining and one probe (several points), so it cannot show whether the masks "
+        "help, either way. The paired experiment that can — several seeds, positive and negative controls, 95% "
+        "confidence intervals — is `freeatm shapesbench study` (docs/study.md)."
+    )
+    return lines
+
+
 def write_report(workdir: Path) -> Path:
     """Draw the pictures and write WORKDIR/report.md linking them."""
     import matplotlib
@@ -185,6 +215,8 @@ def write_report(workdir: Path) -> Path:
             f"| {n} | {r['checkpoint']} | {r['benchmark']} | {r['metric']} | {r['value']:.4f} |"
             for n, r in results
         ]
+    if results:
+        lines += ["", "## What one run can show", "", *one_seed_statement([r for _, r in results])]
     report = workdir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
