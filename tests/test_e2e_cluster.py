@@ -137,7 +137,7 @@ def test_helm_install_then_kubectl_apply_runs_the_quickstart(
         dataset["progress"]["percent"] == 100 and dataset["progress"]["done"] == dataset["progress"]["total"]
     )
     results = done["EvalJob/shapes-eval"]["status"]["outputs"]["results"]
-    assert {r["checkpoint"] for r in results} == {"baseline", "free-atm"}
+    assert {"baseline", "free-atm"} <= {r["checkpoint"] for r in results}
 
     # `kubectl get freeatm` prints one table per kind, each with the phase and the progress.
     tables = [t.splitlines() for t in plane.kubectl("get", "freeatm", "-n", NS).stdout.strip().split("\n\n")]

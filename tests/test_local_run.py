@@ -78,8 +78,9 @@ def test_pipeline_runs_and_reports_both_checkpoints(model_dir: Path, tmp_path: P
     assert status["phase"] == "Succeeded"
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
     results = status["outputs"]["results"]
-    assert {r["checkpoint"] for r in results} == {"baseline", "free-atm"}
-    assert {r["benchmark"] for r in results} == {"linear-probe", "semseg"}
+    assert {r["checkpoint"] for r in results} == {"baseline", "free-atm", "random-init"}
+    assert {r["benchmark"] for r in results} == {"object-probe", "linear-probe", "semseg"}
+    assert "one seed" in report.lower() and "freeatm shapesbench study" in report  # what one run cannot show
     assert "baseline" in out and "free-atm" in out  # the printed results table
     dataset = json.loads((workdir / "status" / "SyntheticDataset-shapes.json").read_text())["status"]
     assert dataset["outputs"]["manifestDigest"].startswith("sha256:")
