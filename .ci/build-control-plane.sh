@@ -93,8 +93,8 @@ GO
 fi
 
 "$BIN/kube-apiserver" --version
-"$BIN/etcd" --version | head -1
-"$BIN/kubectl" version --client | head -1
+"$BIN/etcd" --version | sed -n 1p  # reads all: head would make pipefail see SIGPIPE
+"$BIN/kubectl" version --client | sed -n 1p  # reads all: head would make pipefail see SIGPIPE
 "$BIN/helm" version --short
 
 mkdir -p "$(dirname "$ENV_FILE")"
