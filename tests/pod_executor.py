@@ -10,7 +10,9 @@ node-lease heartbeats and, for every pod the real scheduler binds to it, does wh
   `secretKeyRef`, `configMapKeyRef`, `envFrom`, `$(VAR)` expansion), `KUBERNETES_SERVICE_HOST/PORT`, and in a
   private mount namespace a real bound service-account token of the pod's ServiceAccount (TokenRequest) at
   /var/run/secrets/kubernetes.io/serviceaccount, the termination-message file at the container's
-  terminationMessagePath, a memory /dev/shm and a directory per emptyDir and persistentVolumeClaim volume;
+  terminationMessagePath, a memory /dev/shm and a directory per emptyDir and persistentVolumeClaim volume
+  (except one mounted over the venv or the executor's own directory, e.g. an emptyDir at /tmp when they live
+  under /tmp: the pod then sees the host's directory there);
   the API server is reached at KUBERNETES_SERVICE_HOST:PORT through tests/loopback_relay.py;
 - in a namespace given to `script` (the operator's scenario tests): the container "runs" until the test calls
   `finish`, which ends it with the exit code and termination message the test chose;
@@ -414,8 +416,11 @@ class PodExecutor:
                 src = c.workdir / "volumes" / m["name"]
             else:
                 continue
+            target = Path(m["mountPath"])
+            if any(p == target or target in p.parents for p in (Path(sys.prefix), self.workdir.resolve())):
+                continue  # it would hide this node's own programs (the venv) or the pod's files: the host's it is
             src.mkdir(parents=True, exist_ok=True)
-            mounts.append((src, Path(m["mountPath"])))
+            mounts.append((src, target))
         (c.workdir / "mounts").write_text("".join(f"{s} {d}\n" for s, d in mounts))
         SA_DIR.parent.mkdir(parents=True, exist_ok=True)  # an empty mount point, as on every node
 
