@@ -451,6 +451,15 @@ def real_only(c: Cluster, why: str) -> None:
         pytest.skip(f"kmock {why}")
 
 
+def wait_reason(c: Cluster, kind: str, name: str, reason: str, timeout: float = 30) -> dict:
+    """The status once its Ready condition gives `reason`."""
+    return wait_for(
+        lambda: (s := c.status(kind, name)) and condition(s, "Ready")["reason"] == reason and s,
+        timeout,
+        f"{reason} as the reason of {kind}/{name}",
+    )
+
+
 def warnings_of(c: Cluster, name: str) -> list[dict]:
     return [e for e in c.events(name) if e.get("type") == "Warning"]
 
@@ -624,15 +633,7 @@ def test_a_missing_service_account_is_the_pending_reason(cluster):
     c = cluster
     real_only(c, "runs no Job controller")
     c.create(sds("nosa", workers=1, serviceAccountName="missing-sa"))
-    status = wait_for(
-        lambda: (
-            (s := c.status("SyntheticDataset", "nosa"))
-            and condition(s, "Ready")["reason"] == "FailedCreate"
-            and s
-        ),
-        30,
-        "FailedCreate as the reason",
-    )
+    status = wait_reason(c, "SyntheticDataset", "nosa", "FailedCreate")
     assert status["phase"] == "Pending" and "missing-sa" in condition(status, "Ready")["message"]
 
 
@@ -640,15 +641,7 @@ def test_an_unschedulable_pod_is_the_pending_reason_with_the_schedulers_words(cl
     c = cluster
     real_only(c, "runs no scheduler")
     c.create(sds("gpu", workers=1, resources={"limits": {"nvidia.com/gpu": 1}}))
-    status = wait_for(
-        lambda: (
-            (s := c.status("SyntheticDataset", "gpu"))
-            and condition(s, "Ready")["reason"] == "Unschedulable"
-            and s
-        ),
-        30,
-        "Unschedulable as the reason",
-    )
+    status = wait_reason(c, "SyntheticDataset", "gpu", "Unschedulable")
     assert (
         status["phase"] == "Pending"
         and "Insufficient nvidia.com/gpu" in condition(status, "Ready")["message"]
