@@ -20,7 +20,7 @@ BACKBONE_GEOMETRY: dict[str, tuple[str, int]] = {
     "resnet50_os8": ("resnet50", 8),
     **{
         f"{arch}{'' if patch == 16 else f'_patch{patch}'}": (arch, patch)
-        for arch in ("vit_tiny", "vit_small", "vit_base")
+        for arch in ("vit_test", "vit_tiny", "vit_small", "vit_base")
         for patch in (16, 8, 4)
     },
 }

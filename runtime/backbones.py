@@ -40,11 +40,19 @@ WEIGHTS_FILE = f"{EXPORT_DIR}/backbone.pt"
 METADATA_FILE = f"{EXPORT_DIR}/metadata.json"
 
 _TIMM_NAMES = {
+    "vit_test": "test_vit",
     "vit_tiny": "vit_tiny_patch16_224",
     "vit_small": "vit_small_patch16_224",
     "vit_base": "vit_base_patch16_224",
 }
-_FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048, "vit_tiny": 192, "vit_small": 384, "vit_base": 768}
+_FEATURE_DIMS = {
+    "resnet18": 512,
+    "resnet50": 2048,
+    "vit_test": 64,
+    "vit_tiny": 192,
+    "vit_small": 384,
+    "vit_base": 768,
+}
 
 
 class Backbone(nn.Module):

@@ -29,6 +29,7 @@ torch.set_num_threads(1)
         ("resnet50_os8", 32, 2048, 8),
         ("vit_tiny", 32, 192, 16),
         ("vit_tiny_patch4", 32, 192, 4),
+        ("vit_test_patch4", 32, 64, 4),
         ("vit_small_patch8", 64, 384, 8),
         ("vit_base", 32, 768, 16),
     ],
