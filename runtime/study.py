@@ -267,6 +267,7 @@ def degraded_map(truth: np.ndarray, target: float, rng: np.random.Generator) -> 
 # --- the arms and the protocol ----------------------------------------------------------------------------------
 
 REFERENCE = "random-init"
+CEILING = "supervised"  # the probe's ceiling at the study's size (runtime/probe_ceiling.py), not an arm
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,7 @@ PRIMARY = "object-probe/top1"
 METRICS = (PRIMARY, "object-probe/balanced_top1", "presence/map", "semseg/miou")
 BENCHMARKS = ("object-probe", "presence", "semseg")
 MIN_PROBE_GAIN = 0.10  # gate: the baseline beats random init by this much on the primary metric
+MIN_CEILING_GAIN = 0.20  # gate: the supervised ceiling (runtime/probe_ceiling.py) beats random init this much
 
 # The protocol, fixed before the attention-mask arm was looked at (docs/study.md); the options only size it.
 PROTOCOL: dict[str, Any] = {
@@ -358,13 +360,24 @@ def paired(differences: Sequence[float]) -> dict[str, Any]:
 
 
 def gates(
-    baseline_probe: Sequence[float], random_probe: float, baseline_miou: Sequence[float], floor: float
+    ceiling_probe: float,
+    baseline_probe: Sequence[float],
+    random_probe: float,
+    baseline_miou: Sequence[float],
+    floor: float,
 ) -> dict[str, dict[str, Any]]:
-    """The validity gates: the baseline learnt something (per-object probe ≥ MIN_PROBE_GAIN above random init,
+    """The validity gates: the probe can see a learnt shape feature (the supervised ceiling ≥ MIN_CEILING_GAIN
+    above random init), the baseline learnt something (per-object probe ≥ MIN_PROBE_GAIN above random init,
     mean over seeds) and its segmentation beats the all-background floor (mean over seeds)."""
+    reach = ceiling_probe - random_probe
     gain = statistics.fmean(baseline_probe) - random_probe
     miou = statistics.fmean(baseline_miou)
     return {
+        "probe-sees-learnt-shapes": {
+            "value": reach,
+            "needs": f">= {MIN_CEILING_GAIN}",
+            "passed": reach >= MIN_CEILING_GAIN,
+        },
         "baseline-beats-random-init": {
             "value": gain,
             "needs": f">= {MIN_PROBE_GAIN}",
@@ -407,7 +420,7 @@ def _pretrain_doc(arm: Arm, seed: int, dataset: str, output: str, p: dict[str, A
                 "warmupEpochs": min(p["warmupEpochs"], p["epochs"] - 1),
                 "seed": seed,
                 "checkpointEvery": 100_000,
-                "loaderWorkers": 0,
+                "loaderWorkers": 1,
             },
             "output": {"uri": output},
         },
@@ -486,6 +499,7 @@ def study(
     from .evaluate.datasets import open_split
     from .evaluate.segmentation import all_background_miou
     from .pretrain import run as pretrain
+    from .probe_ceiling import train_probe_ceiling
 
     p = {**PROTOCOL, **(protocol or {})}
     arms = resolve_arms(p["arms"])
@@ -498,13 +512,24 @@ def study(
     for name in runnable:  # a bad size or backbone fails here, before any work
         parse_resource(_pretrain_doc(ARMS[name], 0, "file:///data", "file:///out", p))
 
-    reference = _evaluate(
-        {REFERENCE: f"random://{p['backbone']}?imageSize={p['imageSize']}"},
-        f"file://{workdir}/random-init",
+    ceiling_dir = workdir / CEILING
+    if not (ceiling_dir / "export" / "metadata.json").exists():
+        start = time.perf_counter()
+        scenes = [render(seeds[0], i, p["imageSize"], p["variant"]) for i in range(p["images"])]
+        train_probe_ceiling(scenes, p, f"file://{ceiling_dir}")
+        log(f"probe ceiling: supervised on the shapes in {time.perf_counter() - start:.0f} s")
+    references = _evaluate(
+        {
+            REFERENCE: f"random://{p['backbone']}?imageSize={p['imageSize']}",
+            CEILING: f"file://{ceiling_dir}",
+        },
+        f"file://{workdir}/references",
         p,
-    )[REFERENCE]
+    )
+    reference, ceiling = references[REFERENCE], references[CEILING]
     floor = all_background_miou(open_split("shapes", _val_uri(p), "val", "segmentation"), p["imageSize"])
     log(f"random init: {json.dumps(reference)}; semseg all-background floor {floor:.4f}")
+    log(f"probe ceiling (supervised): {json.dumps(ceiling)}")
 
     scores: dict[int, dict[str, dict[str, float]]] = {}
     mask_iou: dict[str, list[float]] = {}
@@ -560,6 +585,7 @@ def study(
             entry["pretrainSeconds"] = statistics.fmean(seconds[name])
         entries[name] = entry
     gate = gates(
+        ceiling[PRIMARY],
         [scores[s]["baseline"][PRIMARY] for s in seeds],
         reference[PRIMARY],
         [scores[s]["baseline"]["semseg/miou"] for s in seeds],
@@ -569,6 +595,7 @@ def study(
         "protocol": {**p, "seeds": seeds, "arms": arms},
         "arms": entries,
         "reference": {**reference, "semseg/all_background_miou": floor},
+        "ceiling": ceiling,
         "scores": {str(s): v for s, v in scores.items()},
         "gates": gate,
         "passed": all(g["passed"] for g in gate.values()),
@@ -602,6 +629,9 @@ def print_tables(result: dict[str, Any], console: Any) -> None:
     ):
         table.add_column(column, justify="left" if column in ("arm", "vs") else "right")
     table.add_row(REFERENCE, "", f"{result['reference'][PRIMARY]:.3f}", "", "", "", "", "", "")
+    gain = result["ceiling"][PRIMARY] - result["reference"][PRIMARY]
+    ceiling = f"{result['ceiling'][PRIMARY]:.3f}"
+    table.add_row(f"{CEILING} (ceiling)", REFERENCE, ceiling, _points(gain), "", "", "", "", "")
     for name, e in result["arms"].items():
         if e["status"] != "ok":
             table.add_row(name, e["vs"], "", "unavailable", "", "", "", "", "")

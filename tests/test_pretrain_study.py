@@ -48,12 +48,13 @@ def test_t_quantiles() -> None:
 
 
 def test_gates_arithmetic() -> None:
-    ok = gates([0.40, 0.44], 0.31, [0.20, 0.22], 0.15)
+    ok = gates(0.80, [0.40, 0.44], 0.31, [0.20, 0.22], 0.15)
     assert ok["baseline-beats-random-init"]["value"] == pytest.approx(0.11)
+    assert ok["probe-sees-learnt-shapes"]["value"] == pytest.approx(0.49)
     assert all(g["passed"] for g in ok.values())
-    low = gates([0.40, 0.40], 0.31, [0.15, 0.15], 0.15)  # 9 points; semseg on the floor does not beat it
-    assert not low["baseline-beats-random-init"]["passed"]
-    assert not low["semseg-beats-all-background"]["passed"]
+    # a ceiling 19 points up, a baseline 9 points up, semseg on the floor: each gate fails on its own
+    low = gates(0.50, [0.40, 0.40], 0.31, [0.15, 0.15], 0.15)
+    assert not any(g["passed"] for g in low.values())
 
 
 def test_degraded_masks_reach_their_iou() -> None:
@@ -132,6 +133,11 @@ def test_the_whole_study_runs_at_a_tiny_size(tmp_path: Path, capsys: pytest.Capt
         assert entry["wins"] + entry["losses"] <= 2
     assert arms["baseline"]["vs"] == "random-init" and arms["true-masks"]["vs"] == "baseline"
     assert 0.35 < arms["iou-0.5"]["maskIoU"] < 0.65
-    assert set(summary["gates"]) == {"baseline-beats-random-init", "semseg-beats-all-background"}
+    assert set(summary["gates"]) == {
+        "probe-sees-learnt-shapes",
+        "baseline-beats-random-init",
+        "semseg-beats-all-background",
+    }
     assert code == (0 if summary["passed"] else 1)
-    assert "ShapesBench study" in out and "gate baseline-beats-random-init" in out
+    assert "ShapesBench study" in out and "supervised (ceiling)" in out
+    assert "gate baseline-beats-random-init" in out
