@@ -247,7 +247,9 @@ def _with_job(obs: Observed, job: dict[str, Any], view: Observation) -> Plan:
             view.pod_results = pod_results(mine, succeeded_only=finished == "Complete")
         plan.release = finalized(obs.pods)
     elif not (job.get("spec") or {}).get("suspend") and not int((job.get("status") or {}).get("ready") or 0):
-        view.running = any((p.get("status") or {}).get("phase") == "Running" for p in mine) if mine else None
+        # A pod that Succeeded counts: the Job is between it and its Complete condition (or its next index).
+        ran = ("Running", "Succeeded")
+        view.running = any((p.get("status") or {}).get("phase") in ran for p in mine) if mine else None
         if not view.running:
             view.pending = explain_pending(job, mine, obs.events)
             plan.requeue_after = PENDING_POLL

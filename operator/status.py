@@ -67,6 +67,13 @@ def job_finished(job: dict[str, Any] | None) -> str | None:
     return None
 
 
+def failed_pods(job_status: dict[str, Any]) -> int:
+    """Failed pods of a Job, also those the Job controller has not counted yet: it can set FailureTarget while the
+    last failures are still in uncountedTerminatedPods."""
+    uncounted = (job_status.get("uncountedTerminatedPods") or {}).get("failed") or []
+    return int(job_status.get("failed") or 0) + len(uncounted)
+
+
 def parse_pod_result(message: str | None) -> dict[str, Any] | None:
     """The JSON object a runtime pod wrote as its termination message (runtime/cli.py), or None."""
     if not message:
@@ -197,7 +204,7 @@ def desired_status(current: dict[str, Any] | None, obs: Observation) -> dict[str
     if job is not None:
         status["jobName"] = job["metadata"]["name"]
         status["startTime"] = current.get("startTime") or jstatus.get("startTime") or now
-        status["restarts"] = int(jstatus.get("failed") or 0)
+        status["restarts"] = failed_pods(jstatus)
     elif (
         current.get("jobName")
         and phase in ("Succeeded", "Failed")

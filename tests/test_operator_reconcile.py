@@ -379,6 +379,25 @@ def test_why_it_is_pending(pods, events, reason, text):
     assert plan.requeue_after  # nobody reports a change of these: look again
 
 
+def test_a_pod_that_succeeded_before_its_job_completed_keeps_it_running():
+    job = made_job()
+    job["status"] = {"active": 0, "ready": 0, "uncountedTerminatedPods": {"succeeded": ["p-1"]}}
+    done = {"metadata": {"name": "p"}, "status": {"phase": "Succeeded"}}
+    plan = decide(observed(job=job, pods=[done]), OperatorConfig())
+    assert phase_of(plan)[0] == "Running" and plan.requeue_after is None
+
+
+def test_restarts_count_the_failures_the_job_controller_has_not_counted_yet():
+    job = made_job()
+    job["status"] = {
+        "failed": 2,
+        "uncountedTerminatedPods": {"failed": ["p-3", "p-4"]},
+        "conditions": [{"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}],
+    }
+    plan = decide(observed(job=job), OperatorConfig())
+    assert desired_status({}, plan.view)["restarts"] == 4
+
+
 class ChangingIndex(dict):
     """A kopf index that another thread changes while the first copy of it is taken."""
 
