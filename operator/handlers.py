@@ -1,22 +1,22 @@
-"""Thin kopf handlers: index the resources, reconcile on every event, wake owners and dependents.
+"""Thin kopf handlers: index the resources, feed the work queue, keep the Jobs the Job watch delivers.
 
-Level-triggered: every watch event of a freeatm resource runs one reconcile pass (operator/reconcile.py), which
-writes the status itself. Wake-ups make it event-driven rather than timer-driven:
-- a Job's status change touches its owner (an annotation patch → a watch event → a reconcile);
-- a resource's stored phase change touches the dependents that wait on it (found in the kopf index);
+Level-triggered: a watch event of a freeatm resource (other than the echo of the operator's own status write)
+queues one reconcile pass (operator/reconcile.py, run by operator/workqueue.py), which writes the status itself.
+Wake-ups are in-process, so no API write is spent on them and bursts of them collapse into one pass:
+- a Job's status change queues its owner (its body, kept from the watch, is what the pass reads);
+- a resource's stored phase change queues the dependents that wait on it (found in the kopf index);
 - a pass that waits for something no event reports (pods not created or not scheduled, an old Job going away)
   asks to look again: PENDING_POLL seconds, doubling up to POLL_MAX;
 - a pass that failed (the API server unreachable, a create forbidden by quota) is retried after RETRY_BASE
-  seconds, doubling up to RETRY_MAX — kopf retries only its change handlers, not event handlers, so the backoff
-  lives here, and it posts no Event per attempt.
+  seconds, doubling up to RETRY_MAX, without an Event per attempt.
 The resync is the safety net: a resource still in progress that has seen no event for
-`OperatorConfig.resync_seconds` is touched too (`resync`), so a lost Job event or a failed wake-up only delays it.
+`OperatorConfig.resync_seconds` is queued too (`resync`), its Job read afresh from the API server, so a lost Job
+event only delays it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -33,10 +33,9 @@ from .events import Event, event_object
 from .kube import resource_path
 from .observe import ResourceKey, manifest
 from .reconcile import Context, delete_workload, job_owner, job_state, reconcile, signature
-from .workload import LABEL_MANAGED_BY, MANAGED_BY
+from .workload import LABEL_MANAGED_BY, MANAGED_BY, job_name
 
 INDEX = "freeatm_resources"
-ANNOTATION_WAKE = "freeatm.io/wake"
 RETRY_BASE, RETRY_MAX = 5.0, 300.0
 POLL_MAX = 30.0
 QUIET = ("Succeeded", "Failed", "Suspended")
@@ -92,12 +91,15 @@ def _cares(summary: Summary) -> bool:
     )
 
 
-def touch(ctx: Context, kind: str, namespace: str, name: str, why: str) -> None:
-    """Make kopf see an event for the resource: patch a wake-up annotation."""
-    ctx.kube.patch(
-        resource_path(kind, namespace, name),
-        {"metadata": {"annotations": {ANNOTATION_WAKE: f"{why}@{time.time_ns()}"}}},
-    )
+def wake(ctx: Context, key: ResourceKey, why: str, delay: float = 0.0) -> None:
+    """Queue a pass over `key`: now, or after `delay` seconds (replacing an earlier delayed wake-up)."""
+    log.debug("wake %s/%s/%s: %s", *key, why)
+    if ctx.queue is None:
+        return
+    if delay > 0:
+        ctx.queue.add_after(key, delay)
+    else:
+        ctx.queue.add(key)
 
 
 def snapshot(index: Any) -> list[tuple[Any, list[Summary]]]:
@@ -118,7 +120,7 @@ def wake_dependents(
             continue
         for summary in store:
             if [kind, name] in summary.get("deps", []) and _cares(summary):
-                _safe_touch(ctx, dkind, ns, dname, f"{kind}/{name}={phase or 'Deleted'}")
+                wake(ctx, ResourceKey(dkind, ns, dname), f"{kind}/{name}={phase or 'Deleted'}")
 
 
 def backoff(base: float, attempts: int, cap: float) -> float:
@@ -126,16 +128,48 @@ def backoff(base: float, attempts: int, cap: float) -> float:
     return min(base * 2 ** min(attempts, 16), cap)
 
 
-def schedule(ctx: Context, key: ResourceKey, delay: float, why: str) -> None:
-    """Touch the resource after `delay` seconds (replacing an earlier scheduled touch)."""
-    timer = threading.Timer(delay, _safe_touch, (ctx, key.kind, key.namespace, key.name, why))
-    timer.daemon = True
+def run_pass(ctx: Context, key: ResourceKey) -> None:
+    """One reconcile pass over `key` (a work queue item), then the wake-up it asks for, its logs and its Event."""
     with ctx.lock:
         mem = ctx.memory(key)
-        if mem.timer is not None:
-            mem.timer.cancel()
-        mem.timer = timer
-    timer.start()
+    started = time.perf_counter()
+    try:
+        outcome = reconcile(key, _lookup(ctx.index, key.namespace), ctx)
+    except Exception as e:
+        metrics.RECONCILES.labels(key.kind, "error").inc()
+        with ctx.lock:
+            delay = backoff(RETRY_BASE, mem.retries, RETRY_MAX)
+            mem.retries += 1
+        log.warning("reconcile of %s/%s/%s failed, retrying in %.0fs: %s", *key, delay, e)
+        wake(ctx, key, "retry", delay)
+        return
+    finally:
+        metrics.RECONCILE_SECONDS.labels(key.kind).observe(time.perf_counter() - started)
+    if outcome is None:  # the resource is gone
+        ctx.forget(key)
+        return
+    metrics.RECONCILES.labels(key.kind, "success").inc()
+    with ctx.lock:
+        mem.written = signature(outcome.stored)
+        mem.phase = outcome.phase
+        retry = backoff(RETRY_BASE, mem.retries, RETRY_MAX) if outcome.retry else None
+        mem.retries = mem.retries + 1 if outcome.retry else 0
+        poll = None
+        if outcome.requeue_after is not None:
+            poll = backoff(outcome.requeue_after, mem.polls, POLL_MAX)
+            mem.polls += 1
+        else:
+            mem.polls = 0
+    if retry is not None or poll is not None:
+        wake(ctx, key, "retry" if retry else "poll", min(d for d in (retry, poll) if d is not None))
+    elif ctx.queue is not None:
+        ctx.queue.cancel(key)  # nothing to look at again: an earlier poll would only cost a pass
+    for what in outcome.created:
+        log.info("%s/%s/%s: created %s", *key, what)
+    for what in outcome.deleted:
+        log.info("%s/%s/%s: deleted %s", *key, what)
+    if outcome.event is not None:
+        post_event(ctx, outcome.stored, outcome.event)
 
 
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
@@ -144,10 +178,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def freeatm_resources(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
         return {(namespace or "default", body["kind"], name): summarize(body)}
 
-    def reconcile_resource(
+    def queue_resource(
         event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **kwargs: Any
     ) -> None:
-        index = kwargs.get(INDEX)
+        ctx.index = kwargs.get(INDEX)
         key = ResourceKey(body["kind"], namespace or "default", name)
         stored = (body.get("status") or {}).get("phase")
         with ctx.lock:
@@ -155,69 +189,40 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             mem.seen_at = time.monotonic()
             changed = not mem.known or mem.stored_phase != stored
             mem.known, mem.stored_phase = True, stored
-            echo = mem.written is not None and mem.written == signature(body, ANNOTATION_WAKE)
+            echo = mem.written is not None and mem.written == signature(body)
+            if mem.written is None:  # nothing of ours can be missing from it: the first pass needs no read
+                mem.first = dict(body)
         if event.get("type") == "DELETED":
             ctx.forget(key)
+            if ctx.queue is not None:
+                ctx.queue.cancel(key)
             gone = delete_workload(ctx.kube, key)
             if gone:
                 log.info("%s/%s/%s deleted: deleted %s", *key, ", ".join(gone))
-            wake_dependents(ctx, index, key.namespace, key.kind, name, None)
+            wake_dependents(ctx, ctx.index, key.namespace, key.kind, name, None)
             return
         if changed:  # wake the dependents (the index already holds the new phase)
-            wake_dependents(ctx, index, key.namespace, key.kind, name, stored)
-        if echo:
-            return  # the echo of our own status write, or a progress update: nothing to reconcile
-        started = time.perf_counter()
-        try:
-            outcome = reconcile(key, _lookup(index, key.namespace), ctx)
-        except Exception as e:
-            metrics.RECONCILES.labels(key.kind, "error").inc()
-            with ctx.lock:
-                delay = backoff(RETRY_BASE, mem.retries, RETRY_MAX)
-                mem.retries += 1
-            log.warning("reconcile of %s/%s/%s failed, retrying in %.0fs: %s", *key, delay, e)
-            schedule(ctx, key, delay, "retry")
-            return
-        finally:
-            metrics.RECONCILE_SECONDS.labels(key.kind).observe(time.perf_counter() - started)
-        if outcome is None:
-            return
-        metrics.RECONCILES.labels(key.kind, "success").inc()
-        with ctx.lock:
-            mem.written = signature(outcome.stored, ANNOTATION_WAKE)
-            mem.phase = outcome.phase
-            retry = backoff(RETRY_BASE, mem.retries, RETRY_MAX) if outcome.retry else None
-            mem.retries = mem.retries + 1 if outcome.retry else 0
-            poll = None
-            if outcome.requeue_after is not None:
-                poll = backoff(outcome.requeue_after, mem.polls, POLL_MAX)
-                mem.polls += 1
-            else:
-                mem.polls = 0
-        if retry is not None or poll is not None:
-            schedule(ctx, key, min(d for d in (retry, poll) if d is not None), "retry" if retry else "poll")
-        for what in outcome.created:
-            log.info("%s/%s/%s: created %s", *key, what)
-        for what in outcome.deleted:
-            log.info("%s/%s/%s: deleted %s", *key, what)
-        if outcome.event is not None:
-            post_event(ctx, outcome.stored, outcome.event)
+            wake_dependents(ctx, ctx.index, key.namespace, key.kind, name, stored)
+        if not echo:  # the echo of our own status write, or a progress update, has nothing to reconcile
+            wake(ctx, key, "event")
 
     def follow_job(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         owner = job_owner(body)
         if owner is None or owner[0] not in KINDS:
             return
         ns = namespace or "default"
-        state = None if event.get("type") == "DELETED" else job_state(body)
+        gone = event.get("type") == "DELETED"
+        state = None if gone else job_state(body)
         with ctx.lock:
             before = ctx.jobs.get((ns, name))
-            changed = before != state and not (before is None and state is not None and state.blank)
-            if state is None:
-                ctx.jobs.pop((ns, name), None)
-            else:
-                ctx.jobs[(ns, name)] = state
+        before_state = job_state(before) if before is not None else None
+        changed = before_state != state and not (before is None and state is not None and state.blank)
+        if gone:
+            ctx.forget_job(ns, name)
+        else:
+            ctx.remember_job(dict(body))
         if changed:
-            _safe_touch(ctx, owner[0], ns, owner[1], f"Job/{name}")
+            wake(ctx, ResourceKey(owner[0], ns, owner[1]), f"Job/{name}")
 
     def served(**_: Any) -> dict[str, Any]:
         """/healthz: red while the API serves none of the three kinds (CRDs not installed yet, or deleted)."""
@@ -231,7 +236,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
     for info in KINDS.values():
         kopf.index(GROUP, VERSION, info.plural, id=INDEX, registry=registry)(freeatm_resources)
-        kopf.on.event(GROUP, VERSION, info.plural, id="reconcile", registry=registry)(reconcile_resource)
+        kopf.on.event(GROUP, VERSION, info.plural, id="reconcile", registry=registry)(queue_resource)
     kopf.on.event(
         "batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY}, id="follow-job", registry=registry
     )(follow_job)
@@ -239,7 +244,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
 
 def resync(ctx: Context, now: float) -> list[ResourceKey]:
-    """Touch every resource in progress whose last event is `resync_seconds` old; return their keys."""
+    """Queue every resource in progress whose last event is `resync_seconds` old, its Job to be read afresh;
+    return their keys."""
     with ctx.lock:
         stale = [
             key
@@ -249,10 +255,11 @@ def resync(ctx: Context, now: float) -> list[ResourceKey]:
             and now - mem.seen_at >= ctx.config.resync_seconds
         ]
         for key in stale:
-            ctx.resources[key].seen_at = now  # one touch per period, even when the touch itself is lost
-    for kind, ns, name in stale:
-        metrics.RESYNCS.labels(kind).inc()
-        _safe_touch(ctx, kind, ns, name, "resync")
+            ctx.resources[key].seen_at = now  # one pass per period
+    for key in stale:
+        metrics.RESYNCS.labels(key.kind).inc()
+        ctx.forget_job(key.namespace, job_name(key.kind, key.name))
+        wake(ctx, key, "resync")
     return stale
 
 
@@ -263,10 +270,3 @@ def post_event(ctx: Context, body: Mapping[str, Any], event: Event) -> None:
         ctx.kube.create(resource_path("Event", ns), event_object(body, event, now_rfc3339()))
     except Exception as e:
         log.warning("could not post event %s: %s", event.reason, e)
-
-
-def _safe_touch(ctx: Context, kind: str, namespace: str, name: str, why: str) -> None:
-    try:
-        touch(ctx, kind, namespace, name, why)
-    except Exception as e:  # the next event or retry will catch up
-        log.warning("could not wake %s/%s/%s: %s", kind, namespace, name, e)

@@ -18,13 +18,16 @@ from freeatm.api import GROUP, KINDS, VERSION
 
 from . import metrics
 from .config import OperatorConfig
-from .handlers import register, resync
+from .handlers import register, resync, run_pass
 from .kube import Kube, load_configuration
 from .reconcile import Context
+from .workqueue import WorkQueue
 
 log = logging.getLogger("freeatm.operator")
 DISCOVERY_SECONDS = 5.0
 """How often the operator asks the API server which freeatm kinds it serves."""
+RECONCILE_WORKERS = 16
+"""Passes that run at once (each waits on the API server most of its time)."""
 
 
 def connection_info(cfg: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
@@ -66,6 +69,9 @@ def build_settings(namespaces: Sequence[str]) -> kopf.OperatorSettings:
     settings.scanning.disabled = True
     settings.posting.level = logging.WARNING  # Events: ours (one per transition) and kopf's warnings only
     settings.execution.max_workers = 16
+    # kopf holds each event this long for a newer one of the same object; the work queue already collapses
+    # bursts into one pass, so the hold is only latency.
+    settings.batching.batch_window = 0.01
     settings.watching.server_timeout = 300
     return settings
 
@@ -126,6 +132,7 @@ async def operator(
     cfg = configuration or load_configuration(kubeconfig)
     kube = Kube(cfg)
     ctx = Context(kube=kube, config=config)
+    queue = ctx.queue = WorkQueue(lambda key: run_pass(ctx, key), RECONCILE_WORKERS).start()
     metrics.RESOURCES.source = ctx.phase_counts
     if serve_metrics:
         metrics.serve(config.metrics_port)
@@ -165,7 +172,7 @@ async def operator(
     finally:
         if resyncing is not None:
             resyncing.cancel()
-        ctx.cancel_timers()
+        queue.stop()
         kube.close()
 
 

@@ -81,9 +81,17 @@ def _needs_pods(job: Mapping[str, Any] | None, status: Mapping[str, Any]) -> boo
     return not (job.get("spec") or {}).get("suspend") and not int(st.get("ready") or 0)
 
 
-def observe(kube: Kube, key: ResourceKey, lookup: Lookup, now: str | None = None) -> Observed | None:
-    """Everything about the resource `key`; None when it no longer exists."""
-    body = kube.get(resource_path(key.kind, key.namespace, key.name))
+def observe(
+    kube: Kube,
+    key: ResourceKey,
+    lookup: Lookup,
+    now: str | None = None,
+    known_job: Mapping[str, Any] | None = None,
+    known_body: Mapping[str, Any] | None = None,
+) -> Observed | None:
+    """Everything about the resource `key`; None when it no longer exists. `known_job`, `known_body`: its Job and
+    the resource itself as their watches delivered them (read from the API server when None)."""
+    body = known_body or kube.get(resource_path(key.kind, key.namespace, key.name))
     if body is None:
         return None
     now = now or now_rfc3339()
@@ -97,7 +105,7 @@ def observe(kube: Kube, key: ResourceKey, lookup: Lookup, now: str | None = None
         resource.spec.on_dependency_failure,  # type: ignore[attr-defined]
     )
     jname = job_name(key.kind, key.name)
-    job = kube.get(resource_path("Job", key.namespace, jname))
+    job = dict(known_job) if known_job is not None else kube.get(resource_path("Job", key.namespace, jname))
     pods: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     if _needs_pods(job, body.get("status") or {}):

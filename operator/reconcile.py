@@ -21,20 +21,20 @@ from freeatm.api.conditions import get_condition
 from . import metrics
 from .act import act, release
 from .config import OperatorConfig
-from .decide import decide, finalized
+from .decide import DeleteJob, PatchJob, decide, finalized
 from .dependencies import Lookup
 from .events import Event, transition_event
 from .kube import Kube, resource_path
 from .observe import JOB_NAME_LABEL, ResourceKey, observe
 from .status import OWNED, desired_status, status_patch
 from .workload import LABEL_KIND, LABEL_NAME, job_name, service_name
+from .workqueue import WorkQueue
 
 
 class Signature(NamedTuple):
     """What a reconcile depends on in the resource itself (progress updates by the workload are not in it)."""
 
     generation: int | None
-    wake: str | None
     owned_status: str
 
 
@@ -64,20 +64,23 @@ class Memory:
     written: Signature | None = None  # the resource's signature after the last pass (its own echo is skipped)
     phase: str | None = None  # the phase the last pass computed (metrics, resync)
     seen_at: float = 0.0  # time.monotonic() of the last watch event (resync)
+    first: Mapping[str, Any] | None = None  # the resource as its watch delivered it, until a first pass wrote
     retries: int = 0  # consecutive failed passes (backoff)
     polls: int = 0  # consecutive passes that asked to look again (backoff)
-    timer: threading.Timer | None = None  # the scheduled wake-up
 
 
 @dataclass
 class Context:
-    """What the handlers share: the API client, the configuration and the memory of resources and Jobs."""
+    """What the handlers share: the API client, the configuration, the memory of resources and the Jobs as the
+    Job watch last delivered them."""
 
     kube: Kube
     config: OperatorConfig
     resources: dict[ResourceKey, Memory] = field(default_factory=dict)
-    jobs: dict[tuple[str, str], JobState] = field(default_factory=dict)  # (namespace, Job name)
+    jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (namespace, name) → Job
     served: frozenset[str] = frozenset()  # the freeatm kinds the API server serves (operator/main.py)
+    queue: WorkQueue[ResourceKey] | None = None  # the passes to run (operator/main.py starts it)
+    index: Any = None  # kopf's index of the resources, as its handlers last received it (dependencies)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def memory(self, key: ResourceKey) -> Memory:
@@ -86,15 +89,16 @@ class Context:
 
     def forget(self, key: ResourceKey) -> None:
         with self.lock:
-            mem = self.resources.pop(key, None)
-        if mem is not None and mem.timer is not None:
-            mem.timer.cancel()
+            self.resources.pop(key, None)
 
-    def cancel_timers(self) -> None:
+    def remember_job(self, job: Mapping[str, Any]) -> None:
+        meta = job.get("metadata") or {}
         with self.lock:
-            timers = [m.timer for m in self.resources.values() if m.timer is not None]
-        for timer in timers:
-            timer.cancel()
+            self.jobs[(meta.get("namespace") or "default", meta["name"])] = lean_job(job)
+
+    def forget_job(self, namespace: str, name: str) -> None:
+        with self.lock:
+            self.jobs.pop((namespace, name), None)
 
     def phase_counts(self) -> list[tuple[str, str]]:
         with self.lock:
@@ -112,13 +116,19 @@ class Outcome:
     requeue_after: float | None = None  # look again after this long, even without an event
 
 
-def signature(body: Mapping[str, Any], wake_annotation: str) -> Signature:
-    meta = body.get("metadata") or {}
+def signature(body: Mapping[str, Any]) -> Signature:
     status = body.get("status") or {}
     owned = json.dumps(
         {k: status.get(k) for k in OWNED if status.get(k) not in (None, [], 0)}, sort_keys=True
     )
-    return Signature(meta.get("generation"), (meta.get("annotations") or {}).get(wake_annotation), owned)
+    return Signature((body.get("metadata") or {}).get("generation"), owned)
+
+
+def lean_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """A Job without what no pass reads (its pod template, managedFields): a thousand of them stay small."""
+    meta = {k: v for k, v in (job.get("metadata") or {}).items() if k != "managedFields"}
+    spec = {k: v for k, v in (job.get("spec") or {}).items() if k != "template"}
+    return {**job, "metadata": meta, "spec": spec}
 
 
 def job_state(job: Mapping[str, Any]) -> JobState:
@@ -146,13 +156,23 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
 
 
 def reconcile(key: ResourceKey, lookup: Lookup, ctx: Context, now: str | None = None) -> Outcome | None:
-    """One pass over the resource `key`; None when it no longer exists."""
+    """One pass over the resource `key`; None when it no longer exists. Its Job comes from the Job watch when
+    the watch has delivered it, else from the API server."""
     kube = ctx.kube
-    obs = observe(kube, key, lookup, now)
+    jname = job_name(key.kind, key.name)
+    with ctx.lock:
+        known = ctx.jobs.get((key.namespace, jname))
+        mem = ctx.memory(key)
+        body, mem.first = mem.first, None
+    obs = observe(kube, key, lookup, now, known, body)
     if obs is None:
         return None
     plan = decide(obs, ctx.config)
     acted = act(kube, obs.body, plan.actions)
+    if acted.job is not None and (acted.job.get("metadata") or {}).get("uid"):
+        ctx.remember_job(acted.job)
+    elif any(isinstance(a, (PatchJob, DeleteJob)) for a in plan.actions):
+        ctx.forget_job(key.namespace, jname)  # read it afresh until the watch delivers the change
     view = plan.view
     if acted.job is not None:
         view = replace(view, job=acted.job)
@@ -166,6 +186,9 @@ def reconcile(key: ResourceKey, lookup: Lookup, ctx: Context, now: str | None = 
         patch["progress"] = None
     stored: Mapping[str, Any] | None = obs.body
     if patch:
+        written = {k: v for k, v in {**current, **patch}.items() if v is not None}
+        with ctx.lock:  # the write's watch event can come before its response: know it as our echo already
+            mem.written, mem.first = signature({**obs.body, "status": written}), None
         path = resource_path(key.kind, key.namespace, key.name, "status")
         stored = kube.patch(path, {"status": patch})
         if stored is None:

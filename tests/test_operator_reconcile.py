@@ -64,7 +64,9 @@ class FakeKube:
         key = f"{path}/{body['metadata']['name']}"
         if key in self.objects:
             raise Conflict(key)
-        self.objects[key] = copy.deepcopy(body)
+        body = copy.deepcopy(body)
+        body["metadata"].setdefault("uid", f"uid-{len(self.objects)}")
+        self.objects[key] = body
         return copy.deepcopy(body)
 
     def patch(self, path, body):
@@ -119,7 +121,14 @@ def no_deps(kind, name):
     return None
 
 
-def run(ctx):
+def run(ctx, watched=True):
+    """A pass; `watched`: the Job watch has delivered the Job as it is now (as it does before the pass it wakes)."""
+    if watched:
+        job = ctx.kube.objects.get(JOB)
+        if job is None:
+            ctx.forget_job(NS, "d-gen")
+        else:
+            ctx.remember_job(job)
     return reconcile(KEY, no_deps, ctx, now=T0)
 
 
@@ -398,6 +407,27 @@ def test_restarts_count_the_failures_the_job_controller_has_not_counted_yet():
     assert desired_status({}, plan.view)["restarts"] == 4
 
 
+def test_a_pass_reads_the_job_the_watch_delivered_and_asks_the_server_otherwise():
+    kube, ctx = world()
+    run(ctx, watched=False)  # creates the Job: remembered from the create's answer
+    kube.objects[JOB]["status"] = {"active": 1, "ready": 1}
+    kube.calls.clear()
+    assert run(ctx, watched=False).phase == "Pending" and ("GET", JOB) not in kube.calls  # not told yet
+    assert run(ctx).phase == "Running" and ("GET", JOB) not in kube.calls  # the watch told
+    ctx.forget_job(NS, "d-gen")  # a resync
+    kube.calls.clear()
+    assert run(ctx, watched=False).phase == "Running" and ("GET", JOB) in kube.calls
+
+
+def test_a_first_pass_takes_the_resource_from_its_watch_event():
+    kube, ctx = world()
+    ctx.memory(KEY).first = copy.deepcopy(kube.objects[RES])
+    assert run(ctx).created == ["d-gen"] and ("GET", RES) not in kube.calls
+    assert ctx.memory(KEY).first is None
+    run(ctx)
+    assert ("GET", RES) in kube.calls  # later passes read it: it holds the operator's own writes
+
+
 class ChangingIndex(dict):
     """A kopf index that another thread changes while the first copy of it is taken."""
 
@@ -412,23 +442,37 @@ class ChangingIndex(dict):
         return super().items()
 
 
+class Queue:
+    """What a work queue was asked to do."""
+
+    def __init__(self) -> None:
+        self.added: list[ResourceKey] = []
+
+    def add(self, key: ResourceKey) -> None:
+        self.added.append(key)
+
+
 def test_waking_dependents_survives_a_concurrent_index_change() -> None:
     from freeatm.operator.handlers import wake_dependents
 
     kube, ctx = world()
+    ctx.queue = Queue()  # type: ignore[assignment]
     dependent = {"phase": "Waiting", "reason": None, "outputs": {}, "deps": [["SyntheticDataset", "d"]]}
     index = ChangingIndex({(NS, "SyntheticDataset", "d"): [dependent]})
     wake_dependents(ctx, index, NS, "SyntheticDataset", "d", "Succeeded")
     assert index.copies == 2
-    assert "freeatm.io/wake" in kube.objects[RES]["metadata"].get("annotations", {})
+    assert ctx.queue.added == [KEY]
 
 
 def test_resync_wakes_a_resource_whose_first_pass_never_finished() -> None:
     from freeatm.operator.handlers import resync
 
     kube, ctx = world()
+    ctx.queue = Queue()  # type: ignore[assignment]
     with ctx.lock:
         mem = ctx.memory(KEY)
         mem.known, mem.seen_at = True, 0.0  # seen, but its reconcile failed before writing anything
+        ctx.jobs[(NS, "d-gen")] = {"metadata": {"name": "d-gen"}}
     assert resync(ctx, now=ctx.config.resync_seconds + 1) == [KEY]
-    assert kube.objects[RES]["metadata"]["annotations"]["freeatm.io/wake"].startswith("resync@")
+    assert ctx.queue.added == [KEY]
+    assert (NS, "d-gen") not in ctx.jobs  # the pass reads the Job afresh

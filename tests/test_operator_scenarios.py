@@ -150,9 +150,11 @@ def test_three_stage_chain_runs_in_order_and_hands_outputs_over(cluster):
     status = wait_phase(c, "EvalJob", "shapes-eval", "Succeeded")
     assert status["outputs"]["results"] == rows
     reasons = wait_for(
-        lambda: [e["reason"] for e in c.events("shapes-eval")] if len(c.events("shapes-eval")) >= 3 else None
+        lambda: (r := [e["reason"] for e in c.events("shapes-eval")]) and r[-1] == "Succeeded" and r
     )
-    assert reasons == ["WaitingForDependencies", "JobCreated", "Succeeded"]
+    # On the real tier the pod runs as soon as it is scheduled: the operator may see it Running.
+    running = [] if c.emulated else [r for r in reasons if r == "Running"][:1]
+    assert reasons == ["WaitingForDependencies", "JobCreated", *running, "Succeeded"]
 
 
 def test_dependency_failure_propagates_unless_the_policy_waits(cluster):
@@ -274,32 +276,36 @@ def test_operator_restart_mid_run_neither_duplicates_nor_loses_work(cluster):
 
 def test_resync_recovers_a_lost_job_event(cluster, monkeypatch):
     from freeatm.operator import handlers
+    from freeatm.operator.reconcile import Context, job_state
 
     c = cluster
     c.stop_operator()
     c.config = replace(c.config, resync_seconds=1.0)
-    touch = handlers.touch
+    wake, remember = handlers.wake, Context.remember_job
+    resyncs: list[float] = []
 
-    def lossy(ctx, kind, namespace, name, why):  # every wake-up from a Job (and every poll) gets lost
+    def forgetful(ctx, job):  # what the Job watch brings after the create gets lost too
+        if job_state(job).blank:
+            remember(ctx, job)
+
+    def lossy(ctx, key, why, delay=0.0):  # every wake-up from a Job (and every poll) gets lost
         if why.startswith("Job/") or why == "poll":
-            raise RuntimeError("lost")
-        touch(ctx, kind, namespace, name, why)
+            return
+        if why == "resync":
+            resyncs.append(time.monotonic())
+        wake(ctx, key, why, delay)
 
-    monkeypatch.setattr(handlers, "touch", lossy)
+    monkeypatch.setattr(handlers, "wake", lossy)
+    monkeypatch.setattr(Context, "remember_job", forgetful)
     c.start_operator()
     c.create(sds("lossy"))
     wait_phase(c, "SyntheticDataset", "lossy", "Pending")
-
-    def wake() -> str:
-        return (c.get("SyntheticDataset", "lossy")["metadata"].get("annotations") or {}).get(
-            handlers.ANNOTATION_WAKE, ""
-        )
-
     # A first resync proves the resource idle: no event of the operator's own is still on its way.
-    idle = wait_for(lambda: wake().startswith("resync@") and wake(), what="a resync of the idle resource")
+    wait_for(lambda: resyncs, what="a resync of the idle resource")
+    idle = len(resyncs)
     c.job_succeeded("lossy-gen", [{"uri": f"{NS_OUT}/lossy", "manifestDigest": "sha256:2"}])
     assert wait_phase(c, "SyntheticDataset", "lossy", "Succeeded")["outputs"]["manifestDigest"] == "sha256:2"
-    assert wake().startswith("resync@") and wake() != idle
+    assert len(resyncs) > idle
 
 
 def test_retries_exhausted(cluster):
