@@ -33,8 +33,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from kmock_cluster import Cluster, ControlPlaneCluster, KmockCluster  # noqa: E402
+from pod_executor import watch_events  # noqa: E402
 
 from freeatm.api import KINDS  # noqa: E402
+from freeatm.operator.kube import resource_path  # noqa: E402
 from freeatm.operator.workload import job_name  # noqa: E402
 
 OPERATOR = """
@@ -100,18 +102,26 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def watch_jobs(cluster: Cluster, seen: dict[str, float], stop: threading.Event) -> None:
-    """Record time.monotonic() when each Job of the namespace first appears."""
-    import kubernetes.client
-    import kubernetes.watch
-
-    batch = kubernetes.client.BatchV1Api(cluster.api.client)
+    """Record time.monotonic() when each Job of the namespace first appears: one watch, resumed from the last
+    resourceVersion it saw (a fresh watch would send every Job again), its events read as plain JSON."""
+    path = resource_path("Job", cluster.namespace)
+    version = None
     while not stop.is_set():
-        w = kubernetes.watch.Watch()
         try:
-            for event in w.stream(batch.list_namespaced_job, cluster.namespace, timeout_seconds=5):
-                seen.setdefault(event["object"].metadata.name, time.monotonic())
-                if stop.is_set():
-                    w.stop()
+            if version is None:
+                listing = cluster.api.get(path) or {}
+                version = listing["metadata"]["resourceVersion"]
+                for job in listing["items"]:
+                    seen.setdefault(job["metadata"]["name"], time.monotonic())
+            query = {"resourceVersion": version, "allowWatchBookmarks": "true"}
+            for event in watch_events(cluster.api.client, path, query, seconds=5):
+                if event["type"] == "ERROR":
+                    version = None  # expired: list again
+                    break
+                meta = event["object"]["metadata"]
+                version = meta.get("resourceVersion", version)
+                if event["type"] == "ADDED":
+                    seen.setdefault(meta["name"], time.monotonic())
         except Exception:
             time.sleep(0.1)
 
@@ -187,6 +197,7 @@ def main() -> int:
         result["operator_peak_rss_mib"] = peak_rss_mib(child.pid)
     finally:
         stop.set()
+        watcher.join(30)  # its watch ends within its timeout; kmock closes only once no request is open
         child.send_signal(signal.SIGINT)
         try:
             child.wait(30)
