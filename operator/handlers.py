@@ -91,15 +91,16 @@ def _cares(summary: Summary) -> bool:
     )
 
 
-def wake(ctx: Context, key: ResourceKey, why: str, delay: float = 0.0) -> None:
-    """Queue a pass over `key`: now, or after `delay` seconds (replacing an earlier delayed wake-up)."""
+def wake(ctx: Context, key: ResourceKey, why: str, delay: float = 0.0, urgent: bool = False) -> None:
+    """Queue a pass over `key`: now (`urgent`: before the others), or after `delay` seconds (replacing an earlier
+    delayed wake-up)."""
     log.debug("wake %s/%s/%s: %s", *key, why)
     if ctx.queue is None:
         return
     if delay > 0:
         ctx.queue.add_after(key, delay)
     else:
-        ctx.queue.add(key)
+        ctx.queue.add(key, urgent)
 
 
 def snapshot(index: Any) -> list[tuple[Any, list[Summary]]]:
@@ -141,7 +142,7 @@ def run_pass(ctx: Context, key: ResourceKey) -> None:
             delay = backoff(RETRY_BASE, mem.retries, RETRY_MAX)
             mem.retries += 1
         log.warning("reconcile of %s/%s/%s failed, retrying in %.0fs: %s", *key, delay, e)
-        wake(ctx, key, "retry", delay)
+        wake(ctx, key, "retry", delay=delay)
         return
     finally:
         metrics.RECONCILE_SECONDS.labels(key.kind).observe(time.perf_counter() - started)
@@ -161,7 +162,7 @@ def run_pass(ctx: Context, key: ResourceKey) -> None:
         else:
             mem.polls = 0
     if retry is not None or poll is not None:
-        wake(ctx, key, "retry" if retry else "poll", min(d for d in (retry, poll) if d is not None))
+        wake(ctx, key, "retry" if retry else "poll", delay=min(d for d in (retry, poll) if d is not None))
     elif ctx.queue is not None:
         ctx.queue.cancel(key)  # nothing to look at again: an earlier poll would only cost a pass
     for what in outcome.created:
@@ -190,7 +191,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             changed = not mem.known or mem.stored_phase != stored
             mem.known, mem.stored_phase = True, stored
             echo = mem.written is not None and mem.written == signature(body)
-            if mem.written is None:  # nothing of ours can be missing from it: the first pass needs no read
+            new = mem.written is None
+            if new:  # nothing of ours can be missing from it: the first pass needs no read
                 mem.first = dict(body)
         if event.get("type") == "DELETED":
             ctx.forget(key)
@@ -204,7 +206,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         if changed:  # wake the dependents (the index already holds the new phase)
             wake_dependents(ctx, ctx.index, key.namespace, key.kind, name, stored)
         if not echo:  # the echo of our own status write, or a progress update, has nothing to reconcile
-            wake(ctx, key, "event")
+            wake(ctx, key, "event", urgent=new)
 
     def follow_job(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         owner = job_owner(body)

@@ -1,8 +1,9 @@
 """The operator's work queue: which resources to reconcile, each by one worker at a time (client-go's semantics).
 
 A key added any number of times before a worker takes it runs once; a key added while its pass runs is run again
-right after. Delayed adds (polls, retries) wait on one timer thread; a later delayed add of a key replaces the
-earlier one, and `cancel` drops it.
+right after. An urgent key goes to the front (a resource never reconciled: its Job is what everything else waits
+for). Delayed adds (polls, retries) wait on one timer thread; a later delayed add of a key replaces the earlier
+one, and `cancel` drops it.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ class WorkQueue(Generic[K]):
         for t in self._threads:
             t.join(10)
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, urgent: bool = False) -> None:
         with self._cond:
-            self._add(key)
+            self._add(key, urgent)
 
     def add_after(self, key: K, delay: float) -> None:
         with self._cond:
@@ -66,12 +67,15 @@ class WorkQueue(Generic[K]):
         with self._cond:
             self._due.pop(key, None)
 
-    def _add(self, key: K) -> None:
+    def _add(self, key: K, urgent: bool = False) -> None:
         if key in self._dirty:
             return
         self._dirty.add(key)
         if key not in self._running:
-            self._queue.append(key)
+            if urgent:
+                self._queue.appendleft(key)
+            else:
+                self._queue.append(key)
             self._cond.notify_all()
 
     def _work(self) -> None:

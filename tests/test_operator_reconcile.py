@@ -448,7 +448,7 @@ class Queue:
     def __init__(self) -> None:
         self.added: list[ResourceKey] = []
 
-    def add(self, key: ResourceKey) -> None:
+    def add(self, key: ResourceKey, urgent: bool = False) -> None:
         self.added.append(key)
 
 

@@ -288,12 +288,12 @@ def test_resync_recovers_a_lost_job_event(cluster, monkeypatch):
         if job_state(job).blank:
             remember(ctx, job)
 
-    def lossy(ctx, key, why, delay=0.0):  # every wake-up from a Job (and every poll) gets lost
+    def lossy(ctx, key, why, **options):  # every wake-up from a Job (and every poll) gets lost
         if why.startswith("Job/") or why == "poll":
             return
         if why == "resync":
             resyncs.append(time.monotonic())
-        wake(ctx, key, why, delay)
+        wake(ctx, key, why, **options)
 
     monkeypatch.setattr(handlers, "wake", lossy)
     monkeypatch.setattr(Context, "remember_job", forgetful)

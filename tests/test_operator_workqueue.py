@@ -65,6 +65,19 @@ def test_a_key_added_while_its_pass_runs_runs_again_after_it() -> None:
         queue.stop()
 
 
+def test_an_urgent_key_goes_before_the_others() -> None:
+    run = Recorder()
+    queue = WorkQueue(run, workers=1)
+    queue.add("a")
+    queue.add("b")
+    queue.add("new", urgent=True)
+    queue.start()
+    try:
+        assert run.wait_for(3) == ["new", "a", "b"]
+    finally:
+        queue.stop()
+
+
 def test_a_cancelled_delayed_add_does_not_run() -> None:
     run = Recorder()
     queue = WorkQueue(run, workers=1).start()
