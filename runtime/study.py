@@ -316,7 +316,7 @@ PROTOCOL: dict[str, Any] = {
     "epochs": 20,
     "seeds": 5,
     "valImages": 1024,
-    "backbone": "vit_tiny_patch4",
+    "backbone": "vit_test_patch4",
     "imageSize": 32,
     "batchSize": 64,
     "lr": 0.004,  # per 256 images: a peak of 1e-3 at batch 64 (AdamW)
