@@ -16,7 +16,8 @@ are given:
   unavailable when no such model exists, never run on other data;
 - ``mae-uniform`` and ``mae-guided``: MAE with uniform masking vs attention-guided masking with hints.
 
-Every checkpoint, and one random-init backbone, is scored with the object-centric benchmarks on ShapesBench
+Every checkpoint, one random-init backbone (the probe's floor) and one trained supervised on the shapes (its
+ceiling at this size, runtime/probe_ceiling.py) are scored with the object-centric benchmarks on ShapesBench
 clutter validation images: ``object-probe`` (the primary metric, top-1), ``presence`` and ``semseg``. Per arm the
 study reports the paired difference to the arm it is compared with (baseline; ``mae-uniform`` for
 ``mae-guided``; random init for the two baselines) as mean and 95% confidence interval over seeds (t
