@@ -598,7 +598,7 @@ def test_pause_after_a_helm_upgrade_keeps_the_running_job(cluster):
     c.config = replace(c.config, runtime_image="freeatm-runtime:upgraded")
     c.start_operator()
     c.patch_spec("SyntheticDataset", "upgrade", {"suspend": True})
-    wait_for(lambda: c.job("upgrade-gen")["spec"]["suspend"] is True, 30, "the Job suspended")
+    wait_for(lambda: (j := c.job("upgrade-gen")) and j["spec"]["suspend"] is True, 30, "the Job suspended")
     assert c.job("upgrade-gen")["metadata"].get("uid") == first["metadata"].get("uid")
     wait_phase(c, "SyntheticDataset", "upgrade", "Suspended")
     if c.emulated:
@@ -615,7 +615,11 @@ def test_a_dependency_deleted_after_it_succeeded_keeps_the_dependents_job(cluste
     c.delete("SyntheticDataset", "base")
     wait_for(lambda: c.get("SyntheticDataset", "base") is None, 30, "the dependency deleted")
     c.patch_spec("MaskPretrainJob", "user", {"suspend": True})
-    wait_for(lambda: c.job("user-train")["spec"]["suspend"] is True, 30, "the dependent's Job suspended")
+    wait_for(
+        lambda: (j := c.job("user-train")) and j["spec"]["suspend"] is True,
+        30,
+        "the dependent's Job suspended",
+    )
     assert c.job("user-train")["metadata"].get("uid") == first["metadata"].get("uid")
 
 
@@ -623,16 +627,27 @@ def test_a_job_left_by_an_earlier_resource_of_the_same_name_is_not_adopted(clust
     c = cluster
     c.create(sds("again", workers=1))
     wait_for(lambda: c.job("again-gen"))
+    c.job_succeeded("again-gen", [{"uri": f"{NS_OUT}/again", "manifestDigest": "sha256:earlier"}])
+    wait_phase(c, "SyntheticDataset", "again", "Succeeded", timeout=30)
     c.stop_operator()
+    if not c.emulated:  # the garbage collector's window held open, as long as a busy cluster can take
+        c.api.patch(c.path("Job", "again-gen"), {"metadata": {"finalizers": ["freeatm.io/test-hold"]}})
     c.delete("SyntheticDataset", "again")
-    c.create(sds("again", workers=1))
+    wait_for(lambda: c.get("SyntheticDataset", "again") is None, 30, "the earlier resource deleted")
+    c.create(sds("again", workers=1, generation={"images": 64, "resolution": 32, "shardSize": 64}))
     uid = c.get("SyntheticDataset", "again")["metadata"]["uid"]
     c.start_operator()
+    if not c.emulated:
+        status = wait_reason(c, "SyntheticDataset", "again", "ReplacingJob")
+        assert "earlier" in condition(status, "Ready")["message"] and "outputs" not in status
+        c.api.patch(c.path("Job", "again-gen"), {"metadata": {"finalizers": None}})
     wait_for(
         lambda: (j := c.job("again-gen")) and j["metadata"]["ownerReferences"][0]["uid"] == uid,
         30,
         "a Job owned by the new resource",
     )
+    status = wait_phase(c, "SyntheticDataset", "again", "Pending", timeout=30)
+    assert "outputs" not in status, "the new resource took the earlier one's result"
 
 
 def test_a_missing_service_account_is_the_pending_reason(cluster):
