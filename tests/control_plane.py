@@ -1,9 +1,9 @@
 """A real Kubernetes control plane on loopback, for the tests' real tier.
 
 etcd, kube-apiserver (client-certificate and service-account-token authentication, RBAC authorization, the
-default admission plugins), kube-controller-manager (the Job, TTL-after-finished, garbage-collector,
-Deployment, ReplicaSet, service-account, namespace and node-lifecycle controllers) and kube-scheduler, all built from pinned Go modules by
-`.ci/build-control-plane.sh`. Certificates are generated per run. Nothing listens beyond 127.0.0.1, and every
+default admission plugins, an audit log of the writes to freeatm status), kube-controller-manager (the Job,
+TTL-after-finished, garbage-collector, Deployment, ReplicaSet, service-account, namespace and node-lifecycle
+controllers) and kube-scheduler, all built from pinned Go modules by `.ci/build-control-plane.sh`. Certificates are generated per run. Nothing listens beyond 127.0.0.1, and every
 process is stopped by its PID.
 
 There is no kubelet and no container runtime: `tests/pod_executor.py` plays the node.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -42,6 +43,19 @@ CONTROLLERS = (
     "node-lifecycle-controller",
 )
 """The controllers a freeatm workload meets on a cluster (the rest need nodes, clouds or volumes)."""
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [patch, update]
+  resources:
+  - group: freeatm.io
+    resources: [syntheticdatasets/status, maskpretrainjobs/status, evaljobs/status]
+- level: None
+"""
+"""Who wrote the status of which resource (a pod's bound token names the pod): the tests read it."""
 
 
 def kube_bin() -> Path | None:
@@ -152,6 +166,7 @@ class ControlPlane:
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.audit_log = self.logs / "audit.log"
 
     # -- credentials -----------------------------------------------------------------------------------------
     def kubeconfig(self, user: str) -> Path:
@@ -253,6 +268,8 @@ class ControlPlane:
             ],
         )
         p = self.pki
+        audit_policy = self.workdir / "audit-policy.yaml"
+        audit_policy.write_text(AUDIT_POLICY)
         self._spawn(
             "kube-apiserver",
             [
@@ -279,6 +296,10 @@ class ControlPlane:
                 "--endpoint-reconciler-type=none",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
                 "-v=1",
             ],
         )
@@ -345,6 +366,18 @@ class ControlPlane:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         self.processes.clear()
+
+    def status_writes(self, namespace: str, plural: str, name: str) -> list[dict]:
+        """The audit events of writes to `plural`/`name`'s status, oldest first (user, pod, response code)."""
+        events = (json.loads(line) for line in self.audit_log.read_text().splitlines())
+        return [
+            e
+            for e in events
+            if (ref := e.get("objectRef") or {}).get("namespace") == namespace
+            and ref.get("resource") == plural
+            and ref.get("name") == name
+            and ref.get("subresource") == "status"
+        ]
 
     def remove(self) -> None:
         shutil.rmtree(self.workdir / "etcd", ignore_errors=True)

@@ -132,10 +132,19 @@ def test_helm_install_then_kubectl_apply_runs_the_quickstart(
 
     dataset = done["SyntheticDataset/shapes"]["status"]
     assert dataset["outputs"]["manifestDigest"].startswith("sha256:")
-    # Generation worker 0 alone reports progress (its own share of the images), the runtime's RBAC allowing it.
+    # Generation worker 0 alone reports progress (its own share of the images), the runtime's RBAC allowing it:
+    # the API server's audit log names the pod behind each of the runtime's status writes.
     assert (
         dataset["progress"]["percent"] == 100 and dataset["progress"]["done"] == dataset["progress"]["total"]
     )
+    writes = [
+        e
+        for e in plane.status_writes(NS, "syntheticdatasets", "shapes")
+        if e["user"]["username"] == runtime_sa
+    ]
+    pods = {e["user"]["extra"]["authentication.kubernetes.io/pod-name"][0] for e in writes}
+    assert len(writes) >= 2 and all(e["responseStatus"]["code"] == 200 for e in writes), writes
+    assert len(pods) == 1 and next(iter(pods)).startswith("shapes-gen-0-"), pods
     results = done["EvalJob/shapes-eval"]["status"]["outputs"]["results"]
     assert {"baseline", "free-atm"} <= {r["checkpoint"] for r in results}
 
