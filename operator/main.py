@@ -69,9 +69,6 @@ def build_settings(namespaces: Sequence[str]) -> kopf.OperatorSettings:
     settings.scanning.disabled = True
     settings.posting.level = logging.WARNING  # Events: ours (one per transition) and kopf's warnings only
     settings.execution.max_workers = 16
-    # kopf holds each event this long for a newer one of the same object; the work queue already collapses
-    # bursts into one pass, so the hold is only latency.
-    settings.batching.batch_window = 0.01
     settings.watching.server_timeout = 300
     return settings
 
