@@ -14,6 +14,8 @@ node-lease heartbeats and, for every pod the real scheduler binds to it, does wh
   (except one mounted over the venv or the executor's own directory, e.g. an emptyDir at /tmp when they live
   under /tmp: the pod then sees the host's directory there);
   the API server is reached at KUBERNETES_SERVICE_HOST:PORT through tests/loopback_relay.py;
+- for an image on a registry of the `.invalid` domain: what a kubelet does with an image it cannot pull (the
+  pod stays Pending, its container waiting in ImagePullBackOff);
 - in a namespace given to `script` (the operator's scenario tests): the container "runs" until the test calls
   `finish`, which ends it with the exit code and termination message the test chose;
 
@@ -344,6 +346,9 @@ class PodExecutor:
     def _run_pod(self, c: Container, pod: dict[str, Any]) -> None:
         spec = pod["spec"]
         container = spec["containers"][0]
+        if _unreachable_registry(c.image):
+            self._back_off_pulling(c)
+            return
         try:
             if c.namespace not in self.scripted:
                 self._start_process(c, pod)
@@ -378,6 +383,32 @@ class PodExecutor:
                 self._terminate(
                     c, code, "Completed" if code == 0 else "Error", self._message(c, container, code)
                 )
+
+    def _back_off_pulling(self, c: Container) -> None:
+        """What a kubelet reports for an image it cannot pull: the pod stays Pending, its container waiting."""
+        waiting = {
+            "reason": "ImagePullBackOff",
+            "message": f'Back-off pulling image "{c.image}": ErrImagePull: dial tcp: lookup '
+            f"{c.image.split('/')[0]}: no such host",
+        }
+        self._patch_status(
+            c,
+            {
+                "phase": "Pending",
+                "hostIP": "127.0.0.1",
+                "startTime": c.started,
+                "conditions": [
+                    {
+                        "type": t,
+                        "status": "False",
+                        "reason": "ContainersNotReady",
+                        "lastTransitionTime": c.started,
+                    }
+                    for t in ("ContainersReady", "Ready")
+                ],
+                "containerStatuses": [_container_status(c, {"waiting": waiting}, ready=False)],
+            },
+        )
 
     def _start_process(self, c: Container, pod: dict[str, Any]) -> None:
         spec = pod["spec"]
@@ -632,6 +663,12 @@ def _container_status(c: Container, state: dict[str, Any], ready: bool) -> dict[
         "restartCount": 0,
         "state": state,
     }
+
+
+def _unreachable_registry(image: str) -> bool:
+    """An image on a registry of the reserved `.invalid` domain (RFC 2606), which no kubelet can ever pull."""
+    host = image.split("/")[0] if "/" in image else ""
+    return host.split(":")[0].endswith(".invalid")
 
 
 def _signal(proc: subprocess.Popen[bytes] | None, sig: int) -> None:

@@ -673,6 +673,16 @@ def test_an_unschedulable_pod_is_the_pending_reason_with_the_schedulers_words(cl
         assert "Unschedulable" in str(getattr(shown, "stdout", shown))
 
 
+def test_an_image_that_cannot_be_pulled_is_the_pending_reason(cluster):
+    c = cluster
+    real_only(c, "runs no kubelet")
+    image = {"spec": {"containers": [{"name": "runtime", "image": "registry.invalid/freeatm-runtime:gone"}]}}
+    c.create(sds("pull", workers=1, podTemplate=image))
+    status = wait_reason(c, "SyntheticDataset", "pull", "ImagePullBackOff")
+    message = condition(status, "Ready")["message"]
+    assert status["phase"] == "Pending" and "registry.invalid/freeatm-runtime:gone" in message, message
+
+
 def test_crds_installed_after_the_operator_started_are_served(cluster):
     c = cluster
     real_only(c, "has no CRD objects")
