@@ -683,6 +683,20 @@ def test_an_image_that_cannot_be_pulled_is_the_pending_reason(cluster):
     assert status["phase"] == "Pending" and "registry.invalid/freeatm-runtime:gone" in message, message
 
 
+def test_a_job_kueue_has_not_admitted_is_the_pending_reason_and_stays_suspended(cluster):
+    c = cluster
+    c.create(sds("queued", workers=1, queueName="team-a"))
+    wait_for(lambda: c.job("queued-gen"))
+    c.api.patch(c.path("Job", "queued-gen"), {"spec": {"suspend": True}})  # Kueue's part, until it admits
+    status = wait_reason(c, "SyntheticDataset", "queued", "Queued")
+    assert status["phase"] == "Pending" and "team-a" in condition(status, "Ready")["message"]
+    time.sleep(2)
+    assert c.job("queued-gen")["spec"]["suspend"] is True, "the operator undid Kueue's suspension"
+    c.api.patch(c.path("Job", "queued-gen"), {"spec": {"suspend": False}})  # admitted
+    c.job_running("queued-gen", active=1)
+    wait_phase(c, "SyntheticDataset", "queued", "Running", timeout=30)
+
+
 def test_crds_installed_after_the_operator_started_are_served(cluster):
     c = cluster
     real_only(c, "has no CRD objects")
