@@ -6,7 +6,11 @@ FILE (or the FREEATM_SPEC environment variable) holds the *resolved* resource as
 the SyntheticDataset, MaskPretrainJob or EvalJob with every `ref` already replaced by the dependency's output
 URI. The command's outputs (the resource's `status.outputs`) are printed as the last stdout line and written to
 FREEATM_RESULT_FILE, or to the pod's termination message (/dev/termination-log) where it exists, which the
-operator reads. Exit codes: 0 done, 65 invalid input (permanent), 75 transient trouble (retry), 1 other.
+operator reads. Exit codes (runtime/errors.py): 0 done, 65 invalid input (permanent: a spec that cannot be
+read or parsed, bad data), 75 transient trouble (retry), 130 interrupted, 1 a bug (its traceback is in the
+log). Every failure ends with one line, `error: …`, on stderr and in the result as {"error", "exitCode"}.
+With FREEATM_PARENT_PIPE set (local mode), stdin is a pipe the parent holds open: when it closes, the parent
+is gone (even killed with SIGKILL) and the command stops as on SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,36 +32,61 @@ from pydantic import ValidationError
 from freeatm.api import KINDS, Resource, error_lines, parse_resource
 from freeatm.api.resources import UnknownKind
 
-from .errors import EXIT_INVALID, RuntimeFailure
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, InvalidInput, as_failure, os_failure
 from .metrics import serve_from_env
 
 COMMANDS = {info.runtime_command: kind for kind, info in KINDS.items()}
 TERMINATION_LOG = Path("/dev/termination-log")
 TERMINATION_LIMIT = 4000
+PARENT_PIPE_ENV = "FREEATM_PARENT_PIPE"
 log = logging.getLogger("freeatm.runtime")
 
 
 def load_resource(command: str, spec_file: str | None) -> Resource:
-    """Read and validate the resolved resource for `command`; raises InvalidInput-style SystemExit on error."""
-    text = Path(spec_file).read_text() if spec_file else os.environ.get("FREEATM_SPEC", "")
-    if not text:
-        raise SystemExit(_fail("no spec: pass --spec FILE or set FREEATM_SPEC"))
+    """Read and validate the resolved resource for `command`; InvalidInput (or TransientError) when it cannot."""
+    where = f"spec {spec_file}" if spec_file else "$FREEATM_SPEC"
+    text = _read_spec(spec_file, where) if spec_file else os.environ.get("FREEATM_SPEC", "")
+    if not text.strip():
+        raise InvalidInput(f"{where} is empty: pass --spec FILE or set FREEATM_SPEC")
     try:
         doc = yaml.safe_load(text)
+    except Exception as e:  # a YAMLError, or what else the parser makes of hostile text (a RecursionError)
+        raise InvalidInput(f"{where} is not YAML or JSON: {type(e).__name__}: {e}") from e
+    if not isinstance(doc, dict):
+        raise InvalidInput(
+            f"{where}: expected a resource (a mapping with apiVersion, kind, metadata and spec), "
+            f"got {type(doc).__name__}"
+        )
+    try:
         resource = parse_resource(doc)
-    except (yaml.YAMLError, UnknownKind) as e:
-        raise SystemExit(_fail(f"spec: {e}")) from e
     except ValidationError as e:
-        raise SystemExit(_fail("invalid spec: " + "; ".join(f"{p}: {m}" for p, m in error_lines(e)))) from e
+        raise InvalidInput(f"{where} is invalid: " + "; ".join(f"{p}: {m}" for p, m in error_lines(e))) from e
+    except UnknownKind as e:
+        raise InvalidInput(f"{where}: {e}") from e
+    except Exception as e:  # hostile structure the parser did not foresee: still the spec's fault
+        raise InvalidInput(f"{where} cannot be parsed: {type(e).__name__}: {e}") from e
     if resource.kind != COMMANDS[command]:  # type: ignore[attr-defined]
-        raise SystemExit(_fail(f"{command} runs a {COMMANDS[command]}, got a {resource.kind}"))  # type: ignore[attr-defined]
+        raise InvalidInput(f"{command} runs a {COMMANDS[command]}, got a {resource.kind}")  # type: ignore[attr-defined]
     return resource
 
 
-def _fail(message: str) -> int:
+def _read_spec(spec_file: str, where: str) -> str:
+    try:
+        return Path(spec_file).read_text(encoding="utf-8")
+    except OSError as e:
+        raise os_failure(e, where) from e
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"{where}: not UTF-8 text (byte {e.start})") from e
+
+
+def _fail(code: int, message: str) -> int:
+    message = " ".join(message.split())  # one line, whatever the exception's text held
     print(f"error: {message}", file=sys.stderr)
-    _write_result({"error": message})
-    return EXIT_INVALID
+    try:
+        _write_result({"error": message, "exitCode": code})
+    except OSError as e:
+        log.warning("could not write the result: %s", e)
+    return code
 
 
 def _write_result(result: dict[str, Any]) -> None:
@@ -77,6 +108,21 @@ def run(command: str, resource: Resource) -> dict[str, Any]:
     return module.run(resource)
 
 
+def _stop_with_parent() -> None:
+    """Stop as on SIGTERM once stdin reaches end of file: the parent holding its other end is gone."""
+
+    def watch() -> None:
+        try:
+            while os.read(sys.stdin.fileno(), 4096):
+                pass
+        except OSError:
+            return  # no readable stdin: nothing to watch
+        log.warning("the parent process is gone: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="freeatm-runtime", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=sorted(COMMANDS))
@@ -86,15 +132,21 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("FREEATM_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    resource = load_resource(args.command, args.spec)
-    serve_from_env()
+    if os.environ.get(PARENT_PIPE_ENV):
+        _stop_with_parent()
     try:
+        resource = load_resource(args.command, args.spec)
+        serve_from_env()
         outputs = run(args.command, resource)
-    except RuntimeFailure as e:
-        print(f"error: {e}", file=sys.stderr)
-        _write_result({"error": str(e), "exitCode": e.exit_code})
-        return e.exit_code
-    _write_result(outputs)
+        _write_result(outputs)
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrupted")
+    except Exception as e:
+        failure = as_failure(e)
+        if failure is None:
+            log.exception("a bug in freeatm-runtime %s", args.command)
+            return _fail(EXIT_BUG, f"internal error (a bug, traceback above): {type(e).__name__}: {e}")
+        return _fail(failure.exit_code, str(failure))
     print(json.dumps(outputs))
     return 0
 

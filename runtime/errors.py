@@ -6,15 +6,36 @@ bad input cannot help), EXIT_TRANSIENT and any other non-zero code count against
 
 from __future__ import annotations
 
+import errno
+import json
+import tarfile
+import zlib
+
 EXIT_OK = 0
+EXIT_BUG = 1  # anything else: a bug, with its traceback in the log
 EXIT_INVALID = 65  # sysexits EX_DATAERR: the spec or its input is wrong; permanent
 EXIT_TRANSIENT = 75  # sysexits EX_TEMPFAIL: storage or network trouble; retry
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+# An OSError with one of these means a path that is wrong, not storage that is unwell: retrying cannot help.
+_PERMANENT_ERRNOS = {
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ELOOP,
+    errno.ENAMETOOLONG,
+}
+# Decoders' errors: the bytes they were given are not what they should be.
+_BAD_DATA = (tarfile.TarError, zlib.error, UnicodeDecodeError, json.JSONDecodeError)
 
 
 class RuntimeFailure(Exception):
     """Base of the errors the runtime reports with a documented exit code."""
 
-    exit_code = 1
+    exit_code = EXIT_BUG
 
 
 class InvalidInput(RuntimeFailure):
@@ -27,3 +48,24 @@ class TransientError(RuntimeFailure):
     """Storage or network trouble that may pass: the pod is retried."""
 
     exit_code = EXIT_TRANSIENT
+
+
+def os_failure(error: OSError, what: str) -> RuntimeFailure:
+    """InvalidInput for a path that is wrong (missing, a directory, not permitted), else TransientError."""
+    reason = error.strerror or str(error)
+    if error.errno is None or error.errno in _PERMANENT_ERRNOS:
+        return InvalidInput(f"{what}: {reason}")
+    return TransientError(
+        f"{what}: {reason} ({errno.errorcode.get(error.errno, error.errno)}); retrying may help"
+    )
+
+
+def as_failure(error: BaseException) -> RuntimeFailure | None:
+    """The documented failure `error` amounts to when it escapes a command; None when it is a bug."""
+    if isinstance(error, RuntimeFailure):
+        return error
+    if isinstance(error, _BAD_DATA):
+        return InvalidInput(f"bad input data: {type(error).__name__}: {error}")
+    if isinstance(error, OSError) and error.errno is not None:
+        return os_failure(error, str(error.filename or "I/O"))
+    return None
