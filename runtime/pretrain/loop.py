@@ -44,11 +44,12 @@ MIM_SCALE = (0.2, 1.0)  # MAE's
 LR_REFERENCE_BATCH = 256  # the peak learning rate is training.lr × batchSize / 256
 
 
-def spec_digest(resource: MaskPretrainJob) -> str:
-    """Digest of what determines the training result: dataset, method, backbone and training settings."""
+def spec_digest(resource: MaskPretrainJob, dataset_digest: str) -> str:
+    """Digest of what determines the training result: the dataset's content (its manifest digest, not where it
+    lives: a moved dataset keeps its checkpoints), method, backbone and training settings."""
     spec = resource.spec.to_wire()
     relevant = {k: spec.get(k) for k in ("dataset", "method", "backbone", "training")}
-    relevant["dataset"] = {"uri": resource.spec.dataset.uri}
+    relevant["dataset"] = {"digest": dataset_digest}
     for operational in ("loaderWorkers", "checkpointEvery"):  # change how, not what, is trained
         relevant["training"].pop(operational, None)
     text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
@@ -138,7 +139,6 @@ class Trainer:
         self.method, self.training = spec.method, spec.training
         self.fixes = spec.method.fixes()
         self.output = spec.output.uri.rstrip("/")
-        self.digest = spec_digest(resource)
         if spec.dataset.uri is None:
             raise InvalidInput(
                 f"dataset.ref {spec.dataset.ref!r} was not resolved to a URI before the job started"
@@ -154,6 +154,7 @@ class Trainer:
         self.info: DatasetInfo = open_dataset(
             spec.dataset.uri, need_masks=self.method.use_masks, batch_size=self.training.batch_size
         )
+        self.digest = spec_digest(resource, self.info.digest)
         self.steps_per_epoch = self.info.images // self.training.batch_size
         self.total_steps = self.steps_per_epoch * self.training.epochs
         contrastive = self.method.framework == "contrastive"
