@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qs, parse_qsl, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -25,15 +25,39 @@ _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-
 # Resources that are not extended resources (their requests need no limits).
 _NATIVE_RESOURCES = ("cpu", "memory", "ephemeral-storage", "storage")
 
+# A key that names a credential (aws_secret_access_key, HF_TOKEN, db-password), and values that are one whatever
+# their key (AWS access key ids, Hugging Face and GitHub tokens, PEM private keys).
 _CREDENTIAL_KEY = re.compile(
-    r"(?i)^(aws_?)?(access_?key(_?id)?|secret(_?access)?_?key|secret|password|passwd|token|session_?token|credentials?)$"
+    r"(?i)(^|_)(access_?key(_?id)?|secret(_?access)?_?key|secret|password|passwd|token|session_?token"
+    r"|credentials?|api_?key|private_?key)$"
+)
+_CREDENTIAL_VALUE = re.compile(
+    r"\b(AKIA|ASIA)[0-9A-Z]{16}\b|\bhf_[A-Za-z0-9]{30,}|\bgh[pousr]_[A-Za-z0-9]{36}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
 )
 
 
+def names_credential(key: str) -> bool:
+    """Whether `key` (a field, env var or annotation name; its part after a '/') names a credential."""
+    return bool(_CREDENTIAL_KEY.search(key.rpartition("/")[2].replace("-", "_").replace(".", "_")))
+
+
+def is_credential(value: str) -> bool:
+    """Whether `value` looks like an access key, token or private key."""
+    return bool(_CREDENTIAL_VALUE.search(value))
+
+
+# The API server stores integers as int64; seeds feed numpy and torch generators (32 bits is what both take).
+INT64 = 2**63 - 1
+SEED = 2**32 - 1
+
+
 class Model(BaseModel):
-    """Base for every API type: camelCase on the wire, unknown fields are errors, field docstrings are the docs."""
+    """Base for every API type: camelCase on the wire, unknown fields are errors, field docstrings are the docs.
+    Types are strict, as the CRD's schema is: "8" is not a number and true is not 1; NaN and ±inf are refused."""
 
     model_config = ConfigDict(
+        strict=True,
+        allow_inf_nan=False,
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
@@ -46,53 +70,108 @@ class Model(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def list_as_tuple(value: Any) -> Any:
+    """A JSON array for a tuple field (strict mode takes only Python tuples)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 Quantity = Annotated[str | int, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
 FreeForm = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
 
 
-def check_uri(uri: str, allowed: tuple[str, ...], what: str) -> str:
-    """Check that `uri` has one of the `allowed` schemes and carries no credentials; return it unchanged."""
+def _shown(parts: SplitResult) -> str:
+    """The URI for messages, without what may be a credential (user info, query)."""
+    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "…" if parts.query else "", ""))
+
+
+def check_uri(
+    uri: str, allowed: tuple[str, ...], what: str, params: dict[str, tuple[str, ...]] | None = None
+) -> str:
+    """Check `uri`: one of the `allowed` schemes, no credentials, no `..`, a query only of the parameters
+    `params` names for its scheme; return it normalised (no `.` segments, repeated or trailing slashes)."""
+    if any(c.isspace() or not c.isprintable() for c in uri):
+        raise ValueError(f"{what} URI {uri!r} contains white space or control characters")
     parts = urlsplit(uri)
     if parts.scheme not in allowed:
         shown = parts.scheme + "://" if parts.scheme else "no scheme"
         raise ValueError(
-            f"{what} URI {uri!r} has {shown}; use one of: " + ", ".join(f"{s}://" for s in allowed)
+            f"{what} URI {_shown(parts)!r} has {shown}; use one of: " + ", ".join(f"{s}://" for s in allowed)
         )
     if parts.username or parts.password:
         raise ValueError(
-            f"{what} URI {uri!r} carries credentials; put them in a Secret and reference it with secretRef"
+            f"{what} URI {_shown(parts)!r} carries credentials; put them in a Secret and reference it with "
+            "secretRef"
         )
-    if parts.scheme in ("s3", "pvc", "hf", "toy") and not parts.netloc:
+    query = (params or {}).get(parts.scheme, ())
+    given = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)]
+    if parts.query and not query:
+        raise ValueError(
+            f"{what} URI {_shown(parts)!r} has a query (?…), which {parts.scheme}:// does not take; a signed "
+            "URL's credentials belong in a Secret referenced with secretRef"
+        )
+    if set(given) - set(query) or (parts.query and not given):
+        raise ValueError(
+            f"{what} URI {_shown(parts)!r} takes only the parameters {', '.join(query)} (got "
+            f"{', '.join(sorted(set(given) - set(query))) or parts.query!r})"
+        )
+    if parts.fragment:
+        raise ValueError(f"{what} URI {_shown(parts)!r} has a fragment (#…); remove it")
+    if parts.scheme != "file" and not parts.netloc:
         raise ValueError(
             f"{what} URI {uri!r} has no {'bucket' if parts.scheme == 's3' else 'name'} after {parts.scheme}://"
         )
+    if parts.scheme == "file" and parts.netloc:
+        raise ValueError(
+            f"{what} URI {uri!r} has a host part {parts.netloc!r}: file:// takes an absolute path after the "
+            f"third slash (file:///{parts.netloc}{parts.path} reads /{parts.netloc}{parts.path})"
+        )
     if parts.scheme == "file" and not parts.path.startswith("/"):
         raise ValueError(f"{what} URI {uri!r} must be an absolute path: file:///abs/path")
-    return uri
+    if parts.scheme == "pvc" and not _DNS_SUBDOMAIN.match(parts.netloc):
+        raise ValueError(
+            f"{what} URI {uri!r}: {parts.netloc!r} is not a PersistentVolumeClaim name (lower-case letters, "
+            "digits, '-' and '.')"
+        )
+    segments = [s for s in parts.path.split("/") if s not in ("", ".")]
+    if ".." in (unquote(s) for s in segments):
+        root = {"s3": "bucket prefix", "pvc": "claim", "file": "root"}.get(parts.scheme, "location")
+        raise ValueError(f"{what} URI {uri!r} contains '..'; a path must stay inside its {root}")
+    path = "/" + "/".join(segments) if segments or parts.scheme == "file" else ""
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def check_int_query(uri: str, key: str, minimum: int) -> None:
+    """The query parameter `key` of `uri`, when given, is an integer ≥ `minimum`."""
+    for value in parse_qs(urlsplit(uri).query).get(key, []):
+        if not value.isdigit() or int(value) < minimum:
+            raise ValueError(f"URI {uri!r}: {key}={value!r} must be an integer ≥ {minimum}")
 
 
 def find_inline_credentials(value: Any, path: str = "spec") -> list[str]:
-    """Field paths under `value` whose key names a credential (access key, secret key, password, token)."""
+    """Field paths under `value` whose key names a credential or whose string looks like one."""
     found: list[str] = []
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{path}.{key}"
-            if (
-                isinstance(key, str)
-                and _CREDENTIAL_KEY.match(key.replace("-", "_"))
-                and not isinstance(item, dict)
-            ):
+            if isinstance(key, str) and names_credential(key) and not isinstance(item, dict):
                 found.append(here)
             elif key == "env" and isinstance(item, list):
                 for i, env in enumerate(item):
-                    name = env.get("name", "") if isinstance(env, dict) else ""
-                    if _CREDENTIAL_KEY.match(str(name)) and "value" in env:
+                    if (
+                        isinstance(env, dict)
+                        and names_credential(str(env.get("name", "")))
+                        and "value" in env
+                    ):
                         found.append(f"{here}[{i}].value")
+                    else:
+                        found.extend(find_inline_credentials(env, f"{here}[{i}]"))
             else:
                 found.extend(find_inline_credentials(item, here))
     elif isinstance(value, list):
         for i, item in enumerate(value):
             found.extend(find_inline_credentials(item, f"{path}[{i}]"))
+    elif isinstance(value, str) and is_credential(value):
+        found.append(path)
     return found
 
 
@@ -166,7 +245,7 @@ class Toleration(Model):
     """Taint value the toleration matches (with operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all effects."""
-    toleration_seconds: int | None = Field(default=None, ge=0)
+    toleration_seconds: int | None = Field(default=None, ge=0, le=INT64)
     """How long a NoExecute taint is tolerated."""
 
     @model_validator(mode="after")
@@ -197,7 +276,11 @@ class Resources(Model):
     @classmethod
     def _quantities(cls, values: dict[str, str | int]) -> dict[str, str | int]:
         for name, q in values.items():
-            if isinstance(q, bool) or (isinstance(q, int) and q < 0) or not _QUANTITY.match(str(q)):
+            if (
+                isinstance(q, bool)
+                or (isinstance(q, int) and not 0 <= q <= INT64)
+                or not _QUANTITY.match(str(q))
+            ):
                 raise ValueError(f"{name}: {q!r} is not a quantity (e.g. 500m, 2, 16Gi, 1.5)")
         return values
 
@@ -243,9 +326,9 @@ class WorkloadSpec(Model):
     """Suspend the workload (its Job is suspended; pods are stopped, progress is kept)."""
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """Retries of a failed pod before the workload fails (bad input fails at once; evictions don't count)."""
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT64)
     """Wall-clock limit of the workload in seconds."""
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=2**31 - 1)
     """Delete the finished Job (not this resource) after this many seconds."""
 
     @field_validator("node_selector")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import Model, Output, SecretRef, WorkloadSpec, check_uri
+from .common import INT64, Model, Output, SecretRef, WorkloadSpec, check_int_query, check_uri
+from .pretrain_job import BACKBONES
+from .toy import SHAPESBENCH_PARAMS, check_toy_dataset
 
 CHECKPOINT_SCHEMES = ("s3", "pvc", "file")
 DATASET_SCHEMES = ("s3", "pvc", "file", "toy")
@@ -40,7 +43,16 @@ class CheckpointSource(Model):
     @field_validator("uri")
     @classmethod
     def _scheme(cls, uri: str | None) -> str | None:
-        return None if uri is None else check_uri(uri, (*CHECKPOINT_SCHEMES, "random"), "checkpoint")
+        if uri is None:
+            return None
+        uri = check_uri(uri, (*CHECKPOINT_SCHEMES, "random"), "checkpoint", {"random": ("imageSize",)})
+        backbone = urlsplit(uri).netloc
+        if uri.startswith("random://") and backbone not in BACKBONES:
+            raise ValueError(
+                f"checkpoint URI {uri!r}: {backbone!r} is not a backbone; use one of {', '.join(BACKBONES)}"
+            )
+        check_int_query(uri, "imageSize", 16)
+        return uri
 
     @model_validator(mode="after")
     def _ref_xor_uri(self) -> CheckpointSource:
@@ -72,7 +84,9 @@ class BenchmarkDataset(Model):
     @field_validator("uri")
     @classmethod
     def _scheme(cls, uri: str) -> str:
-        return check_uri(uri, DATASET_SCHEMES, "benchmark dataset")
+        uri = check_uri(uri, DATASET_SCHEMES, "benchmark dataset", {"toy": SHAPESBENCH_PARAMS})
+        check_toy_dataset(uri)
+        return uri
 
 
 class Benchmark(Model):
@@ -86,7 +100,7 @@ class Benchmark(Model):
     """Unique id of this benchmark in the job; default: the protocol name (set it when a protocol repeats)."""
     epochs: int | None = Field(default=None, ge=1, le=10_000)
     """Training epochs of the probe or head (default per protocol)."""
-    lr: float | None = Field(default=None, gt=0.0)
+    lr: float | None = Field(default=None, gt=0.0, le=100.0)
     """Learning rate of the probe or head (default per protocol)."""
     batch_size: int = Field(default=64, ge=1, le=4096)
     """Batch size."""
@@ -96,7 +110,7 @@ class Benchmark(Model):
     """knn: neighbours; retrieval: recall@K."""
     finetune: bool = False
     """semseg/detection: fine-tune the backbone instead of freezing it."""
-    max_images: int | None = Field(default=None, ge=1)
+    max_images: int | None = Field(default=None, ge=1, le=INT64)
     """Use at most this many images per split (quick runs)."""
 
     @model_validator(mode="after")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import ValidationError
 
 from .common import GROUP
 from .graph import describe_cycle, find_cycle
 from .pretrain_job import MaskPretrainJobSpec
 from .resources import KINDS, Resource, UnknownKind, error_lines, parse_resource
+from .yaml_input import InputError, read_documents
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,22 @@ class Manifests:
 
 
 def _label(doc: Any, index: int) -> str:
-    if isinstance(doc, dict):
-        name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
-        if doc.get("kind") and name:
-            return f"{doc['kind']}/{name}"
+    if isinstance(doc, dict) and isinstance(doc.get("metadata"), dict):
+        kind, name = doc.get("kind"), doc["metadata"].get("name")
+        if isinstance(kind, str) and isinstance(name, str) and kind and name:
+            return f"{kind}/{name}"
     return f"document {index + 1}"
+
+
+def _foreign(doc: dict[str, Any]) -> bool:
+    """Another project's resource kept beside freeatm's (a Secret, an Argo CD Application): skipped. One whose
+    kind is freeatm's, or whose group or kind is a near miss of freeatm's (freatm.io, EvalJobs), is an error."""
+    api_version, kind = doc.get("apiVersion"), doc.get("kind")
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        return False
+    group = api_version.rpartition("/")[0]
+    near = difflib.get_close_matches(group, [GROUP], cutoff=0.7) or difflib.get_close_matches(kind, KINDS)
+    return kind not in KINDS and not near
 
 
 def load(files: list[Path]) -> Manifests:
@@ -55,10 +67,15 @@ def load(files: list[Path]) -> Manifests:
     out = Manifests()
     for file in files:
         try:
-            docs = [d for d in yaml.safe_load_all(file.read_text()) if d is not None]
-        except (OSError, yaml.YAMLError) as e:
-            out.problems.append(Problem("error", str(file), "-", "-", f"cannot read YAML: {e}"))
+            docs = read_documents(file)
+        except InputError as e:
+            out.problems.append(Problem("error", str(file), "-", e.where, str(e)))
             continue
+        except OSError as e:
+            out.problems.append(Problem("error", str(file), "-", "-", f"cannot read the file: {e.strerror}"))
+            continue
+        if not docs:
+            out.problems.append(Problem("error", str(file), "-", "-", "the file holds no resources"))
         for i, doc in enumerate(docs):
             label = _label(doc, i)
             if not isinstance(doc, dict):
@@ -67,14 +84,14 @@ def load(files: list[Path]) -> Manifests:
             try:
                 resource = parse_resource(doc)
             except UnknownKind as e:
-                if str(doc.get("apiVersion", "")).startswith(GROUP + "/"):
-                    out.problems.append(Problem("error", str(file), label, "apiVersion/kind", str(e)))
-                else:  # a Secret or ConfigMap kept beside the resources: not ours to check
+                if _foreign(doc):
                     out.problems.append(
                         Problem(
                             "warning", str(file), label, "apiVersion/kind", "not a freeatm resource; skipped"
                         )
                     )
+                else:
+                    out.problems.append(Problem("error", str(file), label, "apiVersion/kind", str(e)))
                 continue
             except ValidationError as e:
                 out.problems.extend(Problem("error", str(file), label, p, m) for p, m in error_lines(e))
@@ -98,7 +115,31 @@ def load(files: list[Path]) -> Manifests:
                     Problem("warning", str(file), label, p, m) for p, m in resource.spec.warnings()
                 )
     out.problems.extend(check_references(out))
+    out.problems.extend(check_outputs(out))
     return out
+
+
+def check_outputs(m: Manifests) -> list[Problem]:
+    """Two resources whose outputs are one location, or one inside the other, would overwrite each other."""
+    problems: list[Problem] = []
+    seen: list[tuple[str, str]] = []  # (output URI, Kind/name)
+    for r in m.resources:
+        key = (r.kind, r.metadata.name)  # type: ignore[attr-defined]
+        uri, label = r.spec.output.uri, f"{key[0]}/{key[1]}"  # type: ignore[attr-defined]
+        for other_uri, other in seen:
+            if uri == other_uri or uri.startswith(other_uri + "/") or other_uri.startswith(uri + "/"):
+                problems.append(
+                    Problem(
+                        "error",
+                        m.sources[key],
+                        label,
+                        "spec.output.uri",
+                        f"{uri} overlaps the output of {other} ({other_uri}): give each resource its own location",
+                    )
+                )
+                break
+        seen.append((uri, label))
+    return problems
 
 
 def _reference_paths(resource: Resource) -> list[tuple[str, str, str]]:

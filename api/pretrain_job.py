@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import Model, Output, SecretRef, WorkloadSpec, check_uri
+from .common import INT64, SEED, Model, Output, SecretRef, WorkloadSpec, check_uri
 
 DATASET_SCHEMES = ("s3", "pvc", "file")
 
@@ -176,7 +176,7 @@ class Training(Model):
     """Optimiser."""
     weight_decay: float = Field(default=0.05, ge=0.0, le=1.0)
     """Weight decay."""
-    warmup_epochs: float = Field(default=0.0, ge=0.0)
+    warmup_epochs: float = Field(default=0.0, ge=0.0, le=100_000)
     """Linear warm-up length in epochs."""
     schedule: Literal["cosine", "constant"] = "cosine"
     """Learning-rate schedule after warm-up."""
@@ -184,9 +184,9 @@ class Training(Model):
     """Autocast precision (fp16/bf16 on GPU)."""
     image_size: int = Field(default=224, ge=16, le=1024, multiple_of=8)
     """Training crop size in pixels."""
-    checkpoint_every: int = Field(default=500, ge=1)
+    checkpoint_every: int = Field(default=500, ge=1, le=INT64)
     """Save a resumable checkpoint every N optimiser steps (and at the end)."""
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=SEED)
     """Random seed."""
     loader_workers: int = Field(default=2, ge=0, le=64)
     """Data-loading processes per training process."""

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .common import API_VERSION, DNS_LABEL, MAX_NAME_LENGTH, Model, WorkloadSpec
+from .common import (
+    API_VERSION,
+    DNS_LABEL,
+    MAX_NAME_LENGTH,
+    Model,
+    WorkloadSpec,
+    is_credential,
+    names_credential,
+)
 from .eval_job import EvalJobSpec
 from .pretrain_job import MaskPretrainJobSpec
 from .status import Status
@@ -17,7 +27,7 @@ from .synthetic_dataset import SyntheticDatasetSpec
 class ObjectMeta(BaseModel):
     """The parts of metav1.ObjectMeta freeatm reads; the rest passes through."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     name: str
     namespace: str | None = None
@@ -33,6 +43,18 @@ class ObjectMeta(BaseModel):
                 "(lower-case letters, digits and '-', starting and ending with a letter or digit)"
             )
         return name
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _no_credentials(cls, values: dict[str, str]) -> dict[str, str]:
+        # Metadata is copied into every Job, pod and stored spec: a credential here would leak everywhere.
+        found = [key for key, value in values.items() if names_credential(key) or is_credential(value)]
+        if found:
+            raise ValueError(
+                f"{', '.join(map(repr, found))} looks like a credential: store it in a Secret and reference it "
+                "with secretRef: {name: ...}"
+            )
+        return values
 
 
 class Resource(Model):
@@ -100,12 +122,19 @@ class UnknownKind(ValueError):
 def parse_resource(doc: dict[str, Any]) -> Resource:
     """Validate one manifest; raises UnknownKind or pydantic.ValidationError (with field paths)."""
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
-    if api_version != API_VERSION or kind not in KINDS:
+    if api_version != API_VERSION or not isinstance(kind, str) or kind not in KINDS:
         raise UnknownKind(
-            f"apiVersion {api_version!r} kind {kind!r} is not a freeatm resource; expected apiVersion "
+            f"apiVersion {reprlib.repr(api_version)} kind {reprlib.repr(kind)} is not a freeatm resource; "
+            f"expected apiVersion "
             f"{API_VERSION} and kind one of {', '.join(KINDS)}"
         )
     return KINDS[kind].model.model_validate(doc)
+
+
+# The type errors worth saying what was given instead: YAML turns 8 and "8", true and "true", apart.
+_STRICT_TYPES = ("int_type", "float_type", "string_type", "bool_type", "dict_type", "list_type", "tuple_type")
+_JSON_TYPE = {str: "the string", bool: "the boolean", int: "the integer", float: "the number", list: "a list",
+              dict: "a mapping", type(None): "null"}  # fmt: skip
 
 
 def error_lines(err: ValidationError) -> list[tuple[str, str]]:
@@ -116,7 +145,13 @@ def error_lines(err: ValidationError) -> list[tuple[str, str]]:
         for part in e["loc"]:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if e["type"] in _STRICT_TYPES and type(e["input"]) in _JSON_TYPE:
+            given = e["input"]
+            shown = json.dumps(given) if given is None or isinstance(given, bool) else reprlib.repr(given)
+            msg += f", not {_JSON_TYPE[type(given)]} {shown}"
+        elif e["type"] == "finite_number":
+            msg = f"{e['input']} is not allowed here: give a finite number"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling (kubectl explain shows the fields)"
         out.append((path or "(document)", msg))
     return out

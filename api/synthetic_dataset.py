@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from .common import Model, Output, SecretRef, WorkloadSpec, check_uri
+from .common import SEED, Model, Output, SecretRef, WorkloadSpec, check_uri, list_as_tuple
+from .toy import check_toy_model
 
 MODEL_SCHEMES = ("hf", "s3", "pvc", "file", "toy")
 PROMPT_FILE_SCHEMES = ("s3", "pvc", "file")
@@ -25,7 +26,9 @@ class ModelSource(Model):
     @field_validator("uri")
     @classmethod
     def _scheme(cls, uri: str) -> str:
-        return check_uri(uri, MODEL_SCHEMES, "model")
+        uri = check_uri(uri, MODEL_SCHEMES, "model")
+        check_toy_model(uri)
+        return uri
 
 
 class Prompts(Model):
@@ -38,7 +41,7 @@ class Prompts(Model):
     """Object class names; each prompt is a template filled with one class, which is its object word."""
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}"], min_length=1)
     """Templates with one {} for the class name (with classes)."""
-    per_class: int | None = Field(default=None, ge=1)
+    per_class: int | None = Field(default=None, ge=1, le=100_000_000)
     """With classes: consecutive images per class (image i draws classes[(i // perClass) mod len(classes)]);
     default: generation.images spread evenly over the classes. generation.images stays the total."""
     file: str | None = None
@@ -84,7 +87,7 @@ class Generation(Model):
     """Classifier-free guidance scale; 1.0 or less disables guidance."""
     scheduler: Literal["ddim", "ddpm", "pndm", "euler", "euler-ancestral", "dpm-solver", "lms"] = "ddim"
     """Sampling scheduler."""
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=SEED)
     """Dataset seed; each image's seed derives from it and the image index, so any shard regenerates identically."""
     batch_size: int = Field(default=4, ge=1, le=1024)
     """Images per forward pass."""
@@ -109,7 +112,7 @@ class Attention(Model):
 
     resolutions: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
     """Feature-map sizes whose cross-attention layers are captured (16 and 32 for a 512 px Stable Diffusion)."""
-    timesteps: tuple[float, float] = (0.0, 1.0)
+    timesteps: Annotated[tuple[float, float], BeforeValidator(list_as_tuple)] = (0.0, 1.0)
     """Window of the sampling run captured, as shares: 0 = first (noisiest) step, 1 = last."""
     modifiers: bool = False
     """Average each object word with its modifier words (the colour in "red circle")."""
