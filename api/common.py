@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, parse_qs, parse_qsl, unquote, urlsplit, urlunsplit
@@ -173,6 +174,19 @@ def find_inline_credentials(value: Any, path: str = "spec") -> list[str]:
     elif isinstance(value, str) and is_credential(value):
         found.append(path)
     return found
+
+
+def unstorable_numbers(value: Any, path: str) -> list[str]:
+    """Paths under the free-form `value` of numbers JSON or the API server cannot hold (NaN, ±inf, > int64)."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in unstorable_numbers(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in unstorable_numbers(v, f"{path}[{i}]")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [path]
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64 - 1 <= value <= INT64:
+        return [path]
+    return []
 
 
 def label_key_problem(key: str) -> str | None:
@@ -349,6 +363,10 @@ class WorkloadSpec(Model):
     @field_validator("pod_template")
     @classmethod
     def _pod_template(cls, template: dict[str, Any] | None) -> dict[str, Any] | None:
+        if bad := unstorable_numbers(template, "podTemplate"):
+            raise ValueError(
+                f"{', '.join(bad)}: NaN, infinity and integers beyond int64 cannot be stored by the API server"
+            )
         spec = (template or {}).get("spec")
         if isinstance(spec, dict) and spec.get("restartPolicy", "Never") != "Never":
             raise ValueError(

@@ -293,6 +293,14 @@ CASES = [
         "valid string",
     ),  # fmt: skip
     text(
+        "NaN inside podTemplate",
+        "  workers: 2\n",
+        "  workers: 2\n  podTemplate: {spec: {x: .nan}}\n",
+        SDS,
+        "spec.podTemplate",
+        "podTemplate.spec.x: NaN",
+    ),
+    text(
         "guidanceScale NaN",
         "guidanceScale: 1.0",
         "guidanceScale: .nan",
