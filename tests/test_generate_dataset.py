@@ -196,12 +196,14 @@ def test_unwritable_output(model_uri, tmp_path) -> None:  # type: ignore[no-unty
 def test_cli_exit_code_for_bad_model(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     from freeatm.runtime.cli import main
 
-    res = resource("toy://no-such-model", f"file://{tmp_path}/ds", generation={"images": 8, "shardSize": 8})
+    res = resource("toy://shapes-random", f"file://{tmp_path}/ds", generation={"images": 8, "shardSize": 8})
+    doc = res.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["spec"]["model"]["uri"] = "toy://no-such-model"  # the API refuses it; the runtime must too
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(res.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    spec.write_text(json.dumps(doc))
     monkeypatch.setenv("FREEATM_RESULT_FILE", str(tmp_path / "result.json"))
     assert main(["generate", "--spec", str(spec)]) == 65
-    assert "unknown toy model" in capsys.readouterr().err
+    assert "spec.model.uri" in capsys.readouterr().err
     assert json.loads((tmp_path / "result.json").read_text())["exitCode"] == 65
     assert not any((tmp_path / "ds").rglob("*.tar"))
 
