@@ -2,23 +2,33 @@
 
 Same validation, same dependency order, same reference resolution, same runtime entry points: each stage is a
 `freeatm-runtime` subprocess (a crash stays contained), its progress read from the JSON-lines file the
-runtime's progress reporter writes, its outputs from the runtime's result file. Each resource's status, in the
-cluster's shape, is written to WORKDIR/status/<name>.json; a rerun skips stages that Succeeded with the same
-resolved spec.
+runtime's progress reporter writes, its outputs from the runtime's result file. The workdir's layout, lock and
+status files are cli/workdir.py's.
+
+A stage is identified by its digest: its spec as declared, less the output URI and the cluster's scheduling
+fields, and its dependencies' digests. A rerun skips a stage that Succeeded for the same digest; a changed spec
+runs into a fresh output directory. The run owns its processes: they stay in its process group and watch its
+lifeline (their stdin), so they stop with it; Ctrl-C, SIGTERM or SIGHUP stop them (SIGTERM, then SIGKILL after
+GRACE_SECONDS) and mark the stage Interrupted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -31,13 +41,32 @@ from rich.progress import (
 from rich.table import Table
 
 from freeatm.api import KINDS, Resource, Status
+from freeatm.api.common import WorkloadSpec
 from freeatm.api.conditions import now, with_phase
 from freeatm.api.graph import topological_order
 from freeatm.api.manifests import Manifests
-from freeatm.api.resolve import resolve, spec_digest
+from freeatm.api.resolve import resolve
 from freeatm.api.status import Outputs
 
+from .workdir import UnreadableStatus, Workdir, WorkdirBusy, WorkdirError
+
 PROGRESS_INTERVAL = "0.5"  # seconds between progress lines (the cluster default is 5)
+GRACE_SECONDS = 10.0  # between SIGTERM and SIGKILL when stopping a stage's processes
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXIT_FAILED = 1
+EXIT_UNUSABLE_WORKDIR = 73  # sysexits EX_CANTCREAT
+EXIT_BUSY_WORKDIR = 75  # sysexits EX_TEMPFAIL: another run holds it; try again later
+EXIT_INTERRUPTED = 130
+# Where its output goes and how a cluster would schedule it do not change what a stage computes.
+NOT_IN_DIGEST = {"output"} | {f.alias or name for name, f in WorkloadSpec.model_fields.items()}
+
+
+class Stopped(Exception):
+    """A stop signal reached local mode."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass
@@ -57,83 +86,134 @@ class Stage:
         return (self.kind, self.name)
 
 
-class Workdir:
-    """Where local mode keeps specs, statuses, logs, progress, outputs and the report."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        for sub in ("specs", "status", "logs", "progress", "results", "outputs"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-
-    def path(self, sub: str, stage: Stage, suffix: str) -> Path:
-        return self.root / sub / f"{stage.kind}-{stage.name}{suffix}"
-
-    def output_uri(self, stage: Stage) -> str:
-        return (self.root / "outputs" / stage.name).as_uri()
-
-    def read_status(self, stage: Stage) -> tuple[Status, str | None]:
-        path = self.path("status", stage, ".json")
-        if not path.exists():
-            return Status(phase="Pending"), None
-        doc = json.loads(path.read_text())
-        return Status.model_validate(doc["status"]), doc.get("specDigest")
-
-    def write_status(self, stage: Stage, status: Status, digest: str | None) -> None:
-        doc = {
-            "apiVersion": stage.resource.api_version,
-            "kind": stage.kind,
-            "metadata": {"name": stage.name},
-            "specDigest": digest,
-            "status": status.to_wire(),
-        }
-        self.path("status", stage, ".json").write_text(json.dumps(doc, indent=2))
+def stage_digest(resource: Resource, upstream: Mapping[tuple[str, str], str]) -> str:
+    """The digest of what the stage computes (see the module docstring); no path of the workdir enters it."""
+    spec = {k: v for k, v in resource.spec.to_wire().items() if k not in NOT_IN_DIGEST}
+    after = {f"{kind}/{name}": upstream[(kind, name)] for kind, name in resource.dependencies()}
+    canonical = json.dumps({"spec": spec, "after": after}, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def in_workdir(resource: Resource, workdir: Workdir) -> Resource:
+def in_workdir(resource: Resource, output_uri: str) -> Resource:
     """The resource with its output moved into the workdir (local mode never writes outside it)."""
     local = resource.model_copy(deep=True)
-    local.spec.output.uri = workdir.output_uri(Stage(resource))  # type: ignore[attr-defined]
+    local.spec.output.uri = output_uri  # type: ignore[attr-defined]
     local.spec.output.secret_ref = None  # type: ignore[attr-defined]
     return local
 
 
 def run_pipeline(manifests: Manifests, workdir_path: Path, force: bool, console: Console) -> int:
-    """Run every resource in dependency order; 0 when all succeed, 1 otherwise, 130 on Ctrl-C."""
-    workdir = Workdir(workdir_path)
-    stages = [Stage(in_workdir(r, workdir)) for r in topological_order(manifests.resources)]
+    """Run every resource in dependency order; 0 when all succeed, 1 otherwise, 130 on Ctrl-C.
+
+    SIGTERM or SIGHUP stop it as Ctrl-C does, after which the process ends by that signal. When the workdir
+    cannot be used or another run holds it, nothing runs: typer.Exit with EXIT_UNUSABLE_WORKDIR or
+    EXIT_BUSY_WORKDIR.
+    """
+    try:
+        workdir = Workdir(workdir_path)
+        with workdir.locked(), _stop_signals_raise():
+            return _run_stages(
+                [Stage(r) for r in topological_order(manifests.resources)], workdir, force, console
+            )
+    except WorkdirError as e:
+        console.print(f"[red]error[/]: {e}", soft_wrap=True)
+        raise typer.Exit(EXIT_BUSY_WORKDIR if isinstance(e, WorkdirBusy) else EXIT_UNUSABLE_WORKDIR) from None
+    except Stopped as e:
+        if e.signum == signal.SIGINT:
+            return EXIT_INTERRUPTED
+        sys.stdout.flush()
+        signal.signal(e.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), e.signum)
+        return 128 + e.signum  # not reached: the signal ends the process
+
+
+@contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """Turn the first stop signal into Stopped; ignore the rest while the stage's processes are stopped."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _read_status(workdir: Workdir, stage: Stage, console: Console) -> tuple[Status, str | None]:
+    try:
+        status, digest = workdir.read_status(stage.kind, stage.name)
+    except UnreadableStatus as e:
+        console.print(
+            f"[yellow]![/] {e}: {stage.kind}/{stage.name} counts as unknown and reruns", soft_wrap=True
+        )
+        return Status(phase="Pending"), None
+    if status.phase == "Running":  # the run that started it ended without a word: killed
+        status = with_phase(
+            status, "Failed", "Interrupted", "its run ended before it finished; rerun to resume"
+        )
+        workdir.write_status(stage.resource, status, digest)
+        console.print(f"[yellow]![/] {stage.kind}/{stage.name} was left running by a run that was killed")
+    return status, digest
+
+
+def _run_stages(stages: list[Stage], workdir: Workdir, force: bool, console: Console) -> int:
+    digests: dict[tuple[str, str], str] = {}
     outputs: dict[tuple[str, str], Outputs] = {}
     failed: set[tuple[str, str]] = set()
     console.print(f"[bold]freeatm run[/]: {len(stages)} stage(s), workdir {workdir.root}")
+    recorded = {stage.key: _read_status(workdir, stage, console) for stage in stages}
     for stage in stages:
-        status, old_digest = workdir.read_status(stage)
+        status, old_digest = recorded[stage.key]
         bad_deps = [d for d in stage.resource.dependencies() if d in failed]
         if bad_deps:
             names = ", ".join(f"{k}/{n}" for k, n in bad_deps)
             status = with_phase(status, "Failed", "DependencyFailed", f"dependency failed: {names}")
-            workdir.write_status(stage, status, None)
+            workdir.write_status(stage.resource, status, None)
             console.print(f"[red]✗[/] {stage.kind}/{stage.name}: skipped, dependency failed ({names})")
             failed.add(stage.key)
             continue
-        resolved = resolve(stage.resource, outputs)
-        digest = spec_digest(resolved)
+        digest = digests[stage.key] = stage_digest(stage.resource, digests)
+        output_uri = workdir.output_uri(stage.kind, stage.name, digest)
         if not force and status.phase == "Succeeded" and old_digest == digest and status.outputs:
             console.print(f"[green]✓[/] {stage.kind}/{stage.name}: unchanged since its last success, skipped")
             outputs[stage.key] = status.outputs
+            workdir.write_status(
+                stage.resource, status, digest
+            )  # its outputs' URIs, should the workdir have moved
             continue
+        if force and old_digest == digest:
+            console.print(
+                f"{stage.kind}/{stage.name}: rerunning (--force) in {output_uri}; nothing is discarded, the "
+                "runtime keeps what is complete there",
+                soft_wrap=True,
+            )
+        elif old_digest not in (None, digest):
+            previous = workdir.output_uri(stage.kind, stage.name, old_digest)
+            console.print(
+                f"{stage.kind}/{stage.name}: its spec or a dependency changed; running into a fresh output "
+                f"{output_uri} (the previous one stays at {previous})"
+            )
+        resolved = resolve(in_workdir(stage.resource, output_uri), outputs)
         status = with_phase(
             status, "Running", "Started", f"running freeatm-runtime {KINDS[stage.kind].runtime_command}"
         )
         status.start_time, status.completion_time, status.outputs = now(), None, None
-        workdir.write_status(stage, status, digest)
+        workdir.write_status(stage.resource, status, digest)
         try:
-            code, result = run_stage(stage, resolved, workdir, console)
-        except KeyboardInterrupt:
-            status = with_phase(status, "Failed", "Interrupted", "interrupted (Ctrl-C); rerun to resume")
-            workdir.write_status(stage, status, digest)
+            code, result, log = run_stage(stage, resolved, workdir, console)
+        except Stopped as e:
+            status = with_phase(status, "Failed", "Interrupted", f"stopped by {e}; rerun to resume")
+            workdir.write_status(stage.resource, status, digest)
             console.print(
-                f"[yellow]interrupted[/]: {stage.kind}/{stage.name} left resumable state; rerun to resume"
+                f"[yellow]interrupted[/] by {e}: {stage.kind}/{stage.name} left resumable state; rerun to resume",
+                soft_wrap=True,
             )
-            return 130
+            raise
         status.completion_time = now()
         if code == 0:
             outputs[stage.key] = Outputs.model_validate(result)
@@ -144,24 +224,24 @@ def run_pipeline(manifests: Manifests, workdir_path: Path, force: bool, console:
             message = result.get("error") or f"exit code {code}"
             status = with_phase(status, "Failed", "InvalidInput" if code == 65 else "WorkloadFailed", message)
             failed.add(stage.key)
-            log = workdir.path("logs", stage, ".log")
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             console.print(
                 f"[red]✗[/] {stage.kind}/{stage.name} failed (exit {code}): {message}\n[dim]{tail}[/]\nlog: {log}"
             )
-        workdir.write_status(stage, status, digest)
-    return 1 if failed else 0
+        workdir.write_status(stage.resource, status, digest)
+    return EXIT_FAILED if failed else 0
 
 
 def run_stage(
     stage: Stage, resolved: Resource, workdir: Workdir, console: Console
-) -> tuple[int, dict[str, Any]]:
-    """Run one stage's runtime subprocesses with a progress bar; return the exit code and the stage's result.
+) -> tuple[int, dict[str, Any], Path]:
+    """Run one stage's runtime subprocesses with a progress bar; return the exit code, the stage's result and
+    the attempt's log.
 
     A SyntheticDataset with several workers runs like its Indexed Job: one process per completion index, in
     parallel, each owning a range of shards; the last to finish writes the manifest and reports its digest.
     """
-    spec_file = workdir.path("specs", stage, ".json")
+    spec_file = workdir.path("specs", stage.kind, stage.name, ".json")
     spec_file.write_text(json.dumps(resolved.to_wire(), indent=2))
     workers = resolved.spec.workers if stage.kind == "SyntheticDataset" else 1  # type: ignore[attr-defined]
     command = [
@@ -184,50 +264,58 @@ def run_stage(
         TextColumn("{task.fields[detail]}"),
     )
     children: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
-    with workdir.path("logs", stage, ".log").open("w") as log, Progress(*columns, console=console) as bars:
+    with workdir.new_log(stage.kind, stage.name) as log, Progress(*columns, console=console) as bars:
         task = bars.add_task(f"{stage.kind}/{stage.name}", total=None, unit="", detail="starting")
-        for index in range(workers):
-            suffix = f"-{index}" if workers > 1 else ""
-            progress_file = workdir.path("progress", stage, f"{suffix}.jsonl")
-            result_file = workdir.path("results", stage, f"{suffix}.json")
-            for f in (progress_file, result_file):
-                f.unlink(missing_ok=True)
-            env = {
-                **os.environ,
-                "FREEATM_PROGRESS_FILE": str(progress_file),
-                "FREEATM_RESULT_FILE": str(result_file),
-                "FREEATM_PROGRESS_INTERVAL": PROGRESS_INTERVAL,
-                "FREEATM_CACHE_DIR": str(workdir.root / "cache"),
-                "OMP_NUM_THREADS": threads,
-            }
-            if workers > 1:
-                env["JOB_COMPLETION_INDEX"] = str(index)
-            child = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-            children.append((child, progress_file, result_file))
         try:
+            for index in range(workers):
+                suffix = f"-{index}" if workers > 1 else ""
+                progress_file = workdir.path("progress", stage.kind, stage.name, f"{suffix}.jsonl")
+                result_file = workdir.path("results", stage.kind, stage.name, f"{suffix}.json")
+                for f in (progress_file, result_file):
+                    f.unlink(missing_ok=True)
+                env = {
+                    **os.environ,
+                    "FREEATM_PROGRESS_FILE": str(progress_file),
+                    "FREEATM_RESULT_FILE": str(result_file),
+                    "FREEATM_PROGRESS_INTERVAL": PROGRESS_INTERVAL,
+                    "FREEATM_CACHE_DIR": str(workdir.root / "cache"),
+                    "FREEATM_PARENT_PIPE": "1",  # stdin: the lifeline, closed when this process ends
+                    "OMP_NUM_THREADS": threads,
+                }
+                if workers > 1:
+                    env["JOB_COMPLETION_INDEX"] = str(index)
+                child = subprocess.Popen(
+                    command, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env
+                )
+                children.append((child, progress_file, result_file))
             while any(c.poll() is None for c, _, _ in children):
                 time.sleep(0.2)
                 _show([p for _, p, _ in children], bars, task)
-        except KeyboardInterrupt:
-            for child, _, _ in children:
-                if child.poll() is None:
-                    os.killpg(child.pid, signal.SIGINT)
-            for child, _, _ in children:
-                try:
-                    child.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(child.pid, signal.SIGKILL)
-            raise
+        finally:
+            _stop([c for c, _, _ in children])
         _show([p for _, p, _ in children], bars, task)
     results = [json.loads(r.read_text()) if r.exists() else {} for _, _, r in children]
     failed = [(c.returncode, res) for (c, _, _), res in zip(children, results, strict=True) if c.returncode]
     if failed:
-        return failed[0]
-    return 0, max(
-        results, key=len
-    )  # the worker that completed the dataset reports the most (its manifest digest)
+        return (*failed[0], Path(log.name))
+    # The worker that completed the dataset reports the most (its manifest digest).
+    return 0, max(results, key=len), Path(log.name)
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM the children still running, SIGKILL those left after GRACE_SECONDS; close their lifelines."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + GRACE_SECONDS
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if child.stdin:
+            child.stdin.close()
 
 
 def _show(progress_files: list[Path], bars: Progress, task: Any) -> None:
@@ -262,14 +350,11 @@ def results_table(workdir_path: Path) -> Table | None:
     """The evaluation results of every EvalJob in the workdir: one row per benchmark metric, one column per checkpoint."""
     rows: dict[tuple[str, str, str], dict[str, float]] = {}
     checkpoints: list[str] = []
-    for path in sorted((workdir_path / "status").glob("EvalJob-*.json")):
-        status = json.loads(path.read_text())["status"]
-        for r in (status.get("outputs") or {}).get("results", []):
-            rows.setdefault((path.stem.removeprefix("EvalJob-"), r["benchmark"], r["metric"]), {})[
-                r["checkpoint"]
-            ] = r["value"]
-            if r["checkpoint"] not in checkpoints:
-                checkpoints.append(r["checkpoint"])
+    for job, status in Workdir(workdir_path).statuses("EvalJob"):
+        for r in status.outputs.results if status.outputs else []:
+            rows.setdefault((job, r.benchmark, r.metric), {})[r.checkpoint] = r.value
+            if r.checkpoint not in checkpoints:
+                checkpoints.append(r.checkpoint)
     if not rows:
         return None
     table = Table(title="Evaluation results")

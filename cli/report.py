@@ -17,6 +17,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from freeatm.api import KINDS
+
+from .workdir import Workdir
+
 COLOURS = np.array(
     [
         [230, 25, 75],
@@ -33,12 +37,8 @@ COLOURS = np.array(
 
 
 def _statuses(workdir: Path, kind: str) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for path in sorted((workdir / "status").glob(f"{kind}-*.json")):
-        doc = json.loads(path.read_text())
-        if doc["status"].get("phase") == "Succeeded":
-            out.append((doc["metadata"]["name"], doc["status"]))
-    return out
+    """(name, status on the wire) of the stages of `kind` that Succeeded."""
+    return [(n, s.to_wire()) for n, s in Workdir(workdir).statuses(kind) if s.phase == "Succeeded"]
 
 
 def _samples(dataset_dir: Path, limit: int) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
@@ -184,14 +184,11 @@ def write_report(workdir: Path) -> Path:
 
     matplotlib.use("Agg")
     lines = ["# freeatm run report", "", "| resource | phase | reason | outputs |", "|---|---|---|---|"]
-    for path in sorted((workdir / "status").glob("*.json")):
-        doc = json.loads(path.read_text())
-        status = doc["status"]
-        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
-        uri = (status.get("outputs") or {}).get("uri", "")
-        lines.append(
-            f"| {doc['kind']}/{doc['metadata']['name']} | {status.get('phase')} | {ready.get('reason', '')} | {uri} |"
-        )
+    for kind in KINDS:
+        for name, status in Workdir(workdir).statuses(kind):
+            ready = next((c for c in status.conditions if c.type == "Ready"), None)
+            uri = status.outputs.uri if status.outputs else ""
+            lines.append(f"| {kind}/{name} | {status.phase} | {ready.reason if ready else ''} | {uri} |")
     sections = [
         ("masks.png", "Free attention masks", mask_grid),
         ("loss.png", "Pretraining loss", loss_curves),

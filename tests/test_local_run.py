@@ -65,6 +65,12 @@ def freeatm_run(pipeline: Path, workdir: Path, **kwargs) -> subprocess.Popen[str
     )
 
 
+def output_dir(workdir: Path, stage: str) -> Path:
+    """Where the stage's status says its output is."""
+    uri = json.loads((workdir / "status" / f"{stage}.json").read_text())["status"]["outputs"]["uri"]
+    return Path(uri.removeprefix("file://"))
+
+
 def test_pipeline_runs_and_reports_both_checkpoints(model_dir: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     proc = freeatm_run(small_pipeline(model_dir, tmp_path), workdir)
@@ -84,7 +90,7 @@ def test_pipeline_runs_and_reports_both_checkpoints(model_dir: Path, tmp_path: P
     assert "baseline" in out and "free-atm" in out  # the printed results table
     dataset = json.loads((workdir / "status" / "SyntheticDataset-shapes.json").read_text())["status"]
     assert dataset["outputs"]["manifestDigest"].startswith("sha256:")
-    manifest = json.loads((workdir / "outputs" / "shapes" / "manifest.json").read_text())
+    manifest = json.loads((output_dir(workdir, "SyntheticDataset-shapes") / "manifest.json").read_text())
     assert manifest["images"] == 32 and len(manifest["shards"]) == 4  # both workers' shards
 
     rerun = freeatm_run(small_pipeline(model_dir, tmp_path), workdir)
@@ -97,9 +103,9 @@ def test_ctrl_c_during_pretraining_then_rerun_skips_generation(model_dir: Path, 
     workdir = tmp_path / "work"
     pipeline = small_pipeline(model_dir, tmp_path, epochs=30)
     proc = freeatm_run(pipeline, workdir, start_new_session=True)
-    checkpoints = workdir / "outputs" / "shapes-baseline" / "checkpoints"
+    checkpoints = "outputs/MaskPretrainJob-shapes-baseline/*/checkpoints/*.pt"
     deadline = time.monotonic() + 600
-    while not list(checkpoints.glob("*.pt")) and proc.poll() is None:
+    while not list(workdir.glob(checkpoints)) and proc.poll() is None:
         assert time.monotonic() < deadline, "pretraining never wrote a checkpoint"
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0]
@@ -110,13 +116,14 @@ def test_ctrl_c_during_pretraining_then_rerun_skips_generation(model_dir: Path, 
     stopped = json.loads((workdir / "status" / "MaskPretrainJob-shapes-baseline.json").read_text())["status"]
     assert stopped["phase"] == "Failed"
     assert {c["type"]: c["reason"] for c in stopped["conditions"]}["Ready"] == "Interrupted"
-    generated = (workdir / "outputs" / "shapes" / "manifest.json").stat().st_mtime_ns
+    manifest = output_dir(workdir, "SyntheticDataset-shapes") / "manifest.json"
+    generated = manifest.stat().st_mtime_ns
 
-    saved = sorted(checkpoints.glob("*.pt"))[-1]
+    saved = sorted(workdir.glob(checkpoints))[-1]
     rerun = freeatm_run(pipeline, workdir)
     out, _ = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, out
     assert "SyntheticDataset/shapes: unchanged since its last success, skipped" in out
-    assert (workdir / "outputs" / "shapes" / "manifest.json").stat().st_mtime_ns == generated
-    log = (workdir / "logs" / "MaskPretrainJob-shapes-baseline.log").read_text()
+    assert manifest.stat().st_mtime_ns == generated
+    log = (workdir / "logs" / "MaskPretrainJob-shapes-baseline" / "2.log").read_text()
     assert f"resuming from {saved.as_uri()}" in log, log  # training went on from its checkpoint
