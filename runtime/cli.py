@@ -26,11 +26,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from freeatm.api import KINDS, Resource, error_lines, parse_resource
 from freeatm.api.resources import UnknownKind
+from freeatm.api.yaml_input import InputError, parse, read_documents
 
 from .errors import EXIT_BUG, EXIT_INTERRUPTED, InvalidInput, as_failure, os_failure
 from .metrics import serve_from_env
@@ -43,22 +43,23 @@ log = logging.getLogger("freeatm.runtime")
 
 
 def load_resource(command: str, spec_file: str | None) -> Resource:
-    """Read and validate the resolved resource for `command`; InvalidInput (or TransientError) when it cannot."""
+    """Read and validate the resolved resource for `command`; InvalidInput (or TransientError) when it cannot.
+
+    The spec is read as user YAML is (freeatm/api/yaml_input.py): no aliases, no duplicate keys, bounded."""
     where = f"spec {spec_file}" if spec_file else "$FREEATM_SPEC"
-    text = _read_spec(spec_file, where) if spec_file else os.environ.get("FREEATM_SPEC", "")
-    if not text.strip():
-        raise InvalidInput(f"{where} is empty: pass --spec FILE or set FREEATM_SPEC")
     try:
-        doc = yaml.safe_load(text)
-    except Exception as e:  # a YAMLError, or what else the parser makes of hostile text (a RecursionError)
-        raise InvalidInput(f"{where} is not YAML or JSON: {type(e).__name__}: {e}") from e
-    if not isinstance(doc, dict):
+        docs = read_documents(Path(spec_file)) if spec_file else parse(os.environ.get("FREEATM_SPEC", ""))
+    except OSError as e:
+        raise os_failure(e, where) from e
+    except InputError as e:
+        raise InvalidInput(f"{where}: {e}" + (f" ({e.where})" if e.where != "-" else "")) from e
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        got = f"{len(docs)} documents" if len(docs) != 1 else f"a {type(docs[0]).__name__}"
         raise InvalidInput(
-            f"{where}: expected a resource (a mapping with apiVersion, kind, metadata and spec), "
-            f"got {type(doc).__name__}"
+            f"{where}: expected one resource (a mapping with apiVersion, kind, metadata and spec), got {got}"
         )
     try:
-        resource = parse_resource(doc)
+        resource = parse_resource(docs[0])
     except ValidationError as e:
         raise InvalidInput(f"{where} is invalid: " + "; ".join(f"{p}: {m}" for p, m in error_lines(e))) from e
     except UnknownKind as e:
@@ -68,15 +69,6 @@ def load_resource(command: str, spec_file: str | None) -> Resource:
     if resource.kind != COMMANDS[command]:  # type: ignore[attr-defined]
         raise InvalidInput(f"{command} runs a {COMMANDS[command]}, got a {resource.kind}")  # type: ignore[attr-defined]
     return resource
-
-
-def _read_spec(spec_file: str, where: str) -> str:
-    try:
-        return Path(spec_file).read_text(encoding="utf-8")
-    except OSError as e:
-        raise os_failure(e, where) from e
-    except UnicodeDecodeError as e:
-        raise InvalidInput(f"{where}: not UTF-8 text (byte {e.start})") from e
 
 
 def _fail(code: int, message: str) -> int:

@@ -31,6 +31,12 @@ DATASET = {
     },
 }
 
+# Each line refers to the one above four times: 9 × 4¹² nodes once expanded, from 500 bytes.
+BOMB = b"a: &a [x, x, x, x, x, x, x, x, x]\n" + b"".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n".encode()
+    for i in range(12)
+)
+
 
 def runtime(tmp_path: Path, *args: str, spec_env: str | None = None) -> tuple[int, str, dict]:
     env = {k: v for k, v in os.environ.items() if k != "FREEATM_SPEC"}
@@ -64,6 +70,8 @@ CASES = {
     "spec is empty": lambda t: ["--spec", spec_file(t, "s.json", b"")],
     "spec is not YAML": lambda t: ["--spec", spec_file(t, "s.yaml", b"a: [1,\n b: }")],
     "spec nested too deeply": lambda t: ["--spec", spec_file(t, "s.json", b"[" * 20000 + b"]" * 20000)],
+    "spec with an alias bomb": lambda t: ["--spec", spec_file(t, "s.yaml", BOMB)],
+    "spec with two documents": lambda t: ["--spec", spec_file(t, "s.yaml", b"a: 1\n---\nb: 2\n")],
     "spec of another kind": lambda t: ["--spec", spec_file(t, "s.json", json.dumps(DATASET).encode())],
 }
 
@@ -92,10 +100,10 @@ def test_freeatm_spec_that_is_not_a_resource_is_invalid_input(tmp_path: Path, va
 def test_transient_io_error_reading_the_spec_is_exit_75(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def unwell(self: Path, *args: object, **kwargs: object) -> str:
-        raise OSError(errno.EIO, "Input/output error", str(self))
+    def unwell(path: Path) -> list:
+        raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(Path, "read_text", unwell)
+    monkeypatch.setattr(cli, "read_documents", unwell)
     monkeypatch.setenv("FREEATM_RESULT_FILE", str(tmp_path / "result.json"))
     assert cli.main(["generate", "--spec", str(tmp_path / "spec.json")]) == EXIT_TRANSIENT
     err = capsys.readouterr().err
