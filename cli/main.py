@@ -134,22 +134,6 @@ def run(
         for p in result.problems
         if p.severity == "warning" and "it must exist in the cluster" in p.message
     ]
-    # Local mode writes each resource's outputs to <workdir>/outputs/<name>, whatever its kind.
-    kinds_of: dict[str, list[str]] = {}
-    for kind, name in result.sources:
-        kinds_of.setdefault(name, []).append(kind)
-    shared = [
-        manifests.Problem(
-            "error",
-            result.sources[(kinds[-1], name)],
-            f"{kinds[-1]}/{name}",
-            "metadata.name",
-            f"the {' and the '.join(kinds[:-1])} of this name would write to the same local output: rename one",
-        )
-        for name, kinds in kinds_of.items()
-        if len(kinds) > 1
-    ]
-    missing += shared
     report(result.errors + missing)
     if result.errors or missing:
         raise typer.Exit(1)
