@@ -6,10 +6,10 @@ runtime's progress reporter writes, its outputs from the runtime's result file. 
 status files are cli/workdir.py's.
 
 A stage is identified by its digest: its spec as declared, less the output URI and the cluster's scheduling
-fields, and its dependencies' digests. A rerun skips a stage that Succeeded for the same digest; a changed spec
-runs into a fresh output directory. The run owns its processes: they stay in its process group and watch its
-lifeline (their stdin), so they stop with it; Ctrl-C, SIGTERM or SIGHUP stop them (SIGTERM, then SIGKILL after
-GRACE_SECONDS) and mark the stage Interrupted.
+fields, and its dependencies' digests. A rerun skips a stage that Succeeded for the same digest; a changed
+spec runs into a fresh output directory. The run owns its processes: they stay in its process group and
+watch its lifeline (their stdin), so they stop with it; Ctrl-C, SIGTERM or SIGHUP stop them (SIGTERM, then
+SIGKILL after GRACE_SECONDS) and mark the stage Interrupted.
 """
 
 from __future__ import annotations
@@ -182,9 +182,7 @@ def _run_stages(stages: list[Stage], workdir: Workdir, force: bool, console: Con
         if not force and status.phase == "Succeeded" and old_digest == digest and status.outputs:
             console.print(f"[green]✓[/] {stage.kind}/{stage.name}: unchanged since its last success, skipped")
             outputs[stage.key] = status.outputs
-            workdir.write_status(
-                stage.resource, status, digest
-            )  # its outputs' URIs, should the workdir have moved
+            workdir.write_status(stage.resource, status, digest)  # the outputs' URIs, had the workdir moved
             continue
         if force and old_digest == digest:
             console.print(
@@ -196,7 +194,8 @@ def _run_stages(stages: list[Stage], workdir: Workdir, force: bool, console: Con
             previous = workdir.output_uri(stage.kind, stage.name, old_digest)
             console.print(
                 f"{stage.kind}/{stage.name}: its spec or a dependency changed; running into a fresh output "
-                f"{output_uri} (the previous one stays at {previous})"
+                f"{output_uri} (the previous one stays at {previous})",
+                soft_wrap=True,
             )
         resolved = resolve(in_workdir(stage.resource, output_uri), outputs)
         status = with_phase(
@@ -210,7 +209,8 @@ def _run_stages(stages: list[Stage], workdir: Workdir, force: bool, console: Con
             status = with_phase(status, "Failed", "Interrupted", f"stopped by {e}; rerun to resume")
             workdir.write_status(stage.resource, status, digest)
             console.print(
-                f"[yellow]interrupted[/] by {e}: {stage.kind}/{stage.name} left resumable state; rerun to resume",
+                f"[yellow]interrupted[/] by {e}: {stage.kind}/{stage.name} left resumable state; "
+                "rerun to resume",
                 soft_wrap=True,
             )
             raise

@@ -4,7 +4,7 @@
     specs/, results/, progress/       the resolved spec, result and progress lines of each stage's processes
     status/<Kind>-<name>.json         the stage's status in the cluster's shape, with the digest it is for
     logs/<Kind>-<name>/<N>.log        the output of attempt N; never truncated or reused
-    outputs/<Kind>-<name>/<digest>/   what the stage wrote for one declared spec: a changed spec gets a fresh one
+    outputs/<Kind>-<name>/<digest>/   what the stage wrote for one declared spec (a changed spec: a fresh one)
 
 Status files are replaced atomically; one that cannot be read counts as unknown (the stage reruns). Nothing
 stored depends on where the workdir is: outputs recorded under another location (a moved or copied workdir)
@@ -63,8 +63,8 @@ class Workdir:
     def locked(self) -> Iterator[None]:
         """Hold the workdir for this process; WorkdirError naming the holder's PID when another run has it.
 
-        The lock is the open file's flock: it goes with the process, however it ends, and the file's descriptor
-        is not inherited, so the stages' processes do not keep it.
+        The lock is the open file's flock: it goes with the process, however it ends, and the file's
+        descriptor is not inherited, so the stages' processes do not keep it.
         """
         with open(self.root / "lock", "a+") as f:
             try:
@@ -119,7 +119,7 @@ class Workdir:
             "specDigest": digest,
             "status": status.to_wire(),
         }
-        path = self.path("status", resource.kind, resource.metadata.name, ".json")  # type: ignore[attr-defined]
+        path = self.path("status", doc["kind"], resource.metadata.name, ".json")
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
             f.write(json.dumps(doc, indent=2))
             f.flush()

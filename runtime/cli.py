@@ -66,8 +66,9 @@ def load_resource(command: str, spec_file: str | None) -> Resource:
         raise InvalidInput(f"{where}: {e}") from e
     except Exception as e:  # hostile structure the parser did not foresee: still the spec's fault
         raise InvalidInput(f"{where} cannot be parsed: {type(e).__name__}: {e}") from e
-    if resource.kind != COMMANDS[command]:  # type: ignore[attr-defined]
-        raise InvalidInput(f"{command} runs a {COMMANDS[command]}, got a {resource.kind}")  # type: ignore[attr-defined]
+    kind, expected = resource.kind, COMMANDS[command]  # type: ignore[attr-defined]
+    if kind != expected:
+        raise InvalidInput(f"{command} runs a {expected}, got a {kind}")
     return resource
 
 

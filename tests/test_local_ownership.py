@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from freeatm.cli import local_run
 from freeatm.cli.workdir import Workdir
 
 DATASET = {
@@ -145,8 +146,9 @@ def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[int], 
             os.kill(pid, signal.SIGKILL)
 
 
-def test_sigterm_stops_the_stage_and_marks_it_interrupted(running) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_stops_the_stage_and_marks_it_interrupted(running) -> None:
     cli, pids, workdir = running
+    assert {os.getpgid(p) for p in pids} == {os.getpgid(cli.pid)}  # a terminal's Ctrl-C reaches them all
     cli.send_signal(signal.SIGTERM)
     out, _ = cli.communicate(timeout=WAIT)
     assert cli.returncode == -signal.SIGTERM, out  # it ends by the signal, as the shell expects
@@ -156,7 +158,7 @@ def test_sigterm_stops_the_stage_and_marks_it_interrupted(running) -> None:  # t
     assert ready["reason"] == "Interrupted" and "SIGTERM" in ready["message"]
 
 
-def test_killed_cli_takes_its_processes_with_it(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_killed_cli_takes_its_processes_with_it(running, tmp_path: Path) -> None:
     cli, pids, workdir = running
     cli.kill()
     cli.communicate(timeout=WAIT)
@@ -178,7 +180,7 @@ def test_killed_cli_takes_its_processes_with_it(running, tmp_path: Path) -> None
     assert "SyntheticDataset/shapes was left running by a run that was killed" in out, out
 
 
-def test_second_run_on_a_workdir_refuses_naming_the_holder(running, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_second_run_on_a_workdir_refuses_naming_the_holder(running, tmp_path: Path) -> None:
     cli, pids, workdir = running
     second = freeatm_run(pipeline(tmp_path / "endless.yaml", DATASET, images=ENDLESS), workdir)
     out, _ = second.communicate(timeout=WAIT)
@@ -198,6 +200,25 @@ def test_a_file_where_a_workdir_folder_should_be_is_a_one_line_error(tmp_path: P
     out, _ = cli.communicate(timeout=WAIT)
     assert cli.returncode == 73, out
     assert "Traceback" not in out and "cannot use" in out and "logs" in out, out
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(local_run, "GRACE_SECONDS", 1.0)
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+        "time.sleep(600)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", stubborn], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout and child.stdout.readline() == b"ready\n"
+        local_run._stop([child])
+        assert child.returncode == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
 
 
 def test_attempt_logs_are_never_reused(tmp_path: Path) -> None:
