@@ -23,7 +23,7 @@ def test_pretrain_from_and_to_s3(s3_env) -> None:  # type: ignore[no-untyped-def
     s3_env.create_bucket("pretrain")
     write_shapes_dataset("s3://pretrain/data/shapes", 16, shard_size=8)
     info = open_dataset("s3://pretrain/data/shapes", need_masks=True, batch_size=8)
-    samples = list(iter_raw(info.uri, [s["name"] for s in info.shards]))
+    samples = list(iter_raw(info.uri, info.shards))
     assert [s["index"] for s in samples] == list(range(16))
 
     out = "s3://pretrain/runs/a"

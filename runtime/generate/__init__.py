@@ -8,9 +8,9 @@ One worker (pod ``JOB_COMPLETION_INDEX`` of ``spec.workers``) generates a contig
    file, publish it atomically through the storage module, then publish its entry (:mod:`.shards`);
 3. merge every shard's entry into ``manifest.json`` when all are there (:mod:`.manifest`).
 
-A rerun (a retried pod) skips the shards whose entries are recorded; a killed worker leaves at most a
-temporary file behind, never a partial shard under its final name. Each sample's seed derives from the dataset
-seed and its index, so a shard regenerates identically.
+A rerun (a retried pod) skips the shards whose entries are recorded and whose tars match them (a corrupt one is
+regenerated); a killed worker leaves at most a temporary file behind, never a partial shard under its final
+name. Each sample's seed derives from the dataset seed and its index, so a shard regenerates identically.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from freeatm.runtime.errors import InvalidInput, TransientError
 from freeatm.runtime.progress import ProgressReporter, reporter
 from freeatm.runtime.storage import Store, open_store
 
-from .manifest import DatasetContext, check_existing_manifest, done_entry, spec_digest, try_finalize
+from .manifest import DatasetContext, check_existing_manifest, intact_entry, spec_digest, try_finalize
 from .models import load_pipeline
 from .prompts import PromptSource, check_source, prompt_source
 from .sampler import Sampler, sample_seed
@@ -100,7 +100,7 @@ def generate_dataset(resource: SyntheticDataset, worker: int | None = None) -> d
     check_existing_manifest(store, ctx)
 
     mine = worker_shards(spec.shards(), workers, index)
-    todo = [s for s in mine if done_entry(store, ctx, s) is None]
+    todo = [s for s in mine if intact_entry(store, ctx, s) is None]
     total = sum(len(shard_indices(s, g.shard_size, g.images)) for s in mine)
     done = total - sum(len(shard_indices(s, g.shard_size, g.images)) for s in todo)
     log.info(

@@ -9,16 +9,21 @@ merge is a pure function of the entries and the spec, so two workers merging at 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 from freeatm.api.synthetic_dataset import SyntheticDatasetSpec
 from freeatm.runtime.errors import InvalidInput
+from freeatm.runtime.shard_reader import verified_samples
 from freeatm.runtime.storage import MissingKey, Store
 
 from .shards import SHARD_DIR, entry_name, shard_indices, shard_name
+
+log = logging.getLogger("freeatm.generate")
 
 FORMAT = "freeatm.synthetic/v1"
 MANIFEST = "manifest.json"
@@ -93,6 +98,22 @@ def done_entry(store: Store, ctx: DatasetContext, shard: int) -> dict[str, Any] 
             "the old dataset"
         )
     return entry if store.exists(entry["name"]) else None
+
+
+def intact_entry(store: Store, ctx: DatasetContext, shard: int) -> dict[str, Any] | None:
+    """done_entry, once the shard's tar is read back and matches it: a corrupt shard counts as not done, so a
+    rerun regenerates it instead of keeping it under its stale digest."""
+    entry = done_entry(store, ctx, shard)
+    if entry is None:
+        return None
+    try:
+        verified_samples(
+            io.BytesIO(store.read_bytes(entry["name"])), entry, store.url(entry["name"]), store.uri
+        )
+    except InvalidInput as e:
+        log.warning("%s: regenerating it", e)
+        return None
+    return entry
 
 
 def check_existing_manifest(store: Store, ctx: DatasetContext) -> dict[str, Any] | None:

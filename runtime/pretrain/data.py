@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import InvalidInput, TransientError
+from ..shard_reader import verified_samples
 from ..storage import MissingKey, Store, join, local_path, open_store
 
 log = logging.getLogger("freeatm.pretrain.data")
@@ -163,52 +164,48 @@ def _open_stream(uri: str) -> Any:
 
 
 def iter_raw(
-    uri: str, shard_names: list[str], modulus: int = 1, remainder: int = 0
+    uri: str, shards: list[dict[str, Any]], modulus: int = 1, remainder: int = 0
 ) -> Iterator[dict[str, Any]]:
-    """Undecoded samples ({"__key__", "png", "mask.png", "json", …}) of the given shards, in order."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    for name in shard_names:
-        shard_uri = join(uri, name)
+    """Undecoded samples ({"__key__", "png", "mask.png", "json", …}) of the given manifest shard entries, in
+    order, each shard verified against its entry (shard_reader)."""
+    for entry in shards:
+        shard_uri = join(uri, entry["name"])
         stream = _open_stream(shard_uri)
         try:
-            for sample in group_by_keys(tar_file_expander([{"stream": stream, "url": shard_uri}])):
-                key = sample["__key__"].rsplit("/", 1)[-1]
-                try:
-                    index = int(key)
-                except ValueError as e:
-                    raise InvalidInput(f"{shard_uri}: sample key {key!r} is not a zero-padded index") from e
-                if index % modulus == remainder:
-                    sample["index"] = index
-                    yield sample
-        except (InvalidInput, TransientError):
-            raise
-        except OSError as e:
-            raise TransientError(f"reading shard {shard_uri} failed: {e}") from e
-        except Exception as e:  # a corrupt tar
-            raise InvalidInput(f"shard {shard_uri} is not a readable tar: {type(e).__name__}: {e}") from e
+            samples = verified_samples(stream, entry, shard_uri, uri)
         finally:
             stream.close()
+        for sample in samples:
+            key = sample["__key__"].rsplit("/", 1)[-1]
+            try:
+                index = int(key)
+            except ValueError as e:
+                raise InvalidInput(f"{shard_uri}: sample key {key!r} is not a zero-padded index") from e
+            if index % modulus == remainder:
+                sample["index"] = index
+                yield sample
 
 
 def decode(sample: dict[str, Any], want_mask: bool) -> tuple[torch.Tensor, np.ndarray | None]:
-    """(uint8 RGB image [3,H,W], uint8 label map H×W at the image's size or None)."""
+    """(uint8 RGB image [3,H,W], uint8 label map H×W at the image's size or None); InvalidInput naming the
+    sample and its shard when a PNG is missing or does not decode."""
     from PIL import Image
 
-    if "png" not in sample:
-        raise InvalidInput(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image (.png)")
-    rgb = Image.open(io.BytesIO(sample["png"])).convert("RGB")
-    image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
-    if not want_mask:
-        return image, None
-    if "mask.png" not in sample:
-        raise InvalidInput(
-            f"sample {sample.get('__key__')} in {sample.get('__url__')} has no mask (.mask.png)"
-        )
-    mask_img = Image.open(io.BytesIO(sample["mask.png"]))
-    if mask_img.size != rgb.size:
-        mask_img = mask_img.resize(rgb.size, Image.Resampling.NEAREST)
-    return image, np.array(mask_img, dtype=np.uint8)
+    where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
+    for member in ("png", "mask.png") if want_mask else ("png",):
+        if member not in sample:
+            raise InvalidInput(f"{where} has no .{member} member")
+    try:
+        rgb = Image.open(io.BytesIO(sample["png"])).convert("RGB")
+        image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+        if not want_mask:
+            return image, None
+        mask_img = Image.open(io.BytesIO(sample["mask.png"]))
+        if mask_img.size != rgb.size:
+            mask_img = mask_img.resize(rgb.size, Image.Resampling.NEAREST)
+        return image, np.array(mask_img, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for bytes that are not a valid PNG
+        raise InvalidInput(f"{where}: corrupt image or mask PNG ({type(e).__name__}: {e})") from e
 
 
 # --- augmentation -----------------------------------------------------------------------------------------------
@@ -404,10 +401,10 @@ class ShardStream(IterableDataset):
         """This worker's samples, shuffled, cycling (a new order each pass) for as long as it is asked."""
         cfg = self.cfg
         shard_ids, modulus, remainder = assign(len(cfg.info.shards), cfg.rank, cfg.world, worker, workers)
-        names = [cfg.info.shards[i]["name"] for i in shard_ids]
+        entries = [cfg.info.shards[i] for i in shard_ids]
         for cycle in range(1_000_000):
             rng = np.random.default_rng([cfg.seed, self.epoch, cfg.rank, worker, cycle])
-            order = [names[i] for i in rng.permutation(len(names))]
+            order = [entries[i] for i in rng.permutation(len(entries))]
             buffer: list[dict[str, Any]] = []
             produced = 0
             for sample in iter_raw(cfg.info.uri, order, modulus, remainder):
@@ -419,7 +416,9 @@ class ShardStream(IterableDataset):
                 yield buffer.pop(int(rng.integers(len(buffer))))
                 produced += 1
             if produced == 0:
-                raise InvalidInput(f"dataset {cfg.info.uri}: rank {cfg.rank} found no samples in {order}")
+                raise InvalidInput(
+                    f"dataset {cfg.info.uri}: rank {cfg.rank} found no samples in {[e['name'] for e in order]}"
+                )
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         cfg = self.cfg
