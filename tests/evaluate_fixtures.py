@@ -6,6 +6,7 @@ of each dataset (VOC: circle=person, square=car, triangle=dog; COCO: non-contigu
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -205,7 +206,15 @@ def make_synthetic(
                     _tar_member(tar, f"{index:08d}.png", _png(scene.image))
                     _tar_member(tar, f"{index:08d}.mask.png", _png(scene.label_map().astype(np.uint8)))
                     _tar_member(tar, f"{index:08d}.json", json.dumps(record).encode())
-            entries.append({"name": name, "samples": count})
+            data = (base / name).read_bytes()
+            entries.append(
+                {
+                    "name": name,
+                    "samples": count,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "bytes": len(data),
+                }
+            )
         manifest = {
             "format": "freeatm.synthetic/v1",
             "images": per_split,

@@ -113,3 +113,16 @@ def test_a_rerun_of_generation_repairs_a_corrupt_shard(tmp_path: Path, model_uri
     corrupt(tmp_path / "repaired" / SHARD)
     generate.run(resource(model_uri, repaired, **small))
     assert contents(repaired) == contents(clean)
+
+
+def test_evaluation_reads_synthetic_shards_verified(tmp_path: Path) -> None:
+    import evaluate_fixtures as fx
+
+    from freeatm.runtime.evaluate.datasets import open_split
+
+    root = fx.make_synthetic(tmp_path / "sds", per_split=8, shard_size=4)
+    assert len(open_split("synthetic", root.as_uri(), "val", "objects").samples) == 8
+    shard = root / "val" / "shards" / "shard-00001.tar"
+    flip_header(shard)
+    with pytest.raises(InvalidInput, match=f"shard {shard} of dataset {root / 'val'} is corrupt"):
+        open_split("synthetic", root.as_uri(), "val", "objects")

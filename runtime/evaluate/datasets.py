@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InvalidInput
+from ..shard_reader import verified_samples
 from ..storage import sync_to_cache
 
 Task = Literal["classification", "segmentation", "detection", "retrieval", "objects"]
@@ -585,8 +586,6 @@ def _shapes_sample(scene: Any, names: list[str], task: Task) -> Sample:
 
 
 def _synthetic(root: Path, split: str, task: Task) -> Split:
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
     _need(task, "synthetic", ("objects", "segmentation"))
     base = root / split
     path = base / "manifest.json"
@@ -603,20 +602,15 @@ def _synthetic(root: Path, split: str, task: Task) -> Split:
     classes = [str(c) for c in manifest.get("classes") or []]
     try:
         shards = [
-            _exists(base / str(s["name"])) for s in manifest.get("shards") or [] if int(s["samples"]) > 0
+            (s, _exists(base / str(s["name"]))) for s in manifest.get("shards") or [] if int(s["samples"]) > 0
         ]
     except (KeyError, TypeError, ValueError) as e:
         raise InvalidInput(f"{path}: corrupt shard list ({e})") from e
     samples = []
-    for shard in shards:
+    for entry, shard in shards:
         with shard.open("rb") as stream:
-            try:
-                for raw in group_by_keys(tar_file_expander([{"stream": stream, "url": str(shard)}])):
-                    samples.append(_synthetic_sample(raw, classes, task, f"{shard}: sample {raw['__key__']}"))
-            except InvalidInput:
-                raise
-            except Exception as e:  # a corrupt tar
-                raise InvalidInput(f"{shard}: not a readable tar: {type(e).__name__}: {e}") from e
+            for raw in verified_samples(stream, entry, str(shard), str(base)):
+                samples.append(_synthetic_sample(raw, classes, task, f"{shard}: sample {raw['__key__']}"))
     return Split(split, str(base), classes if task == "objects" else ["background", *classes], samples)
 
 
