@@ -126,3 +126,19 @@ def test_evaluation_reads_synthetic_shards_verified(tmp_path: Path) -> None:
     flip_header(shard)
     with pytest.raises(InvalidInput, match=f"shard {shard} of dataset {root / 'val'} is corrupt"):
         open_split("synthetic", root.as_uri(), "val", "objects")
+
+
+def test_a_checkpoint_with_flipped_bytes_is_not_resumed_from(tmp_path: Path) -> None:
+    from freeatm.runtime.pretrain import checkpoint as ckpt
+
+    out = f"file://{tmp_path}/out"
+    for step in (1, 2):
+        ckpt.save(out, step, {"model": {"w": torch.full((256,), float(step))}, "specDigest": "sha256:d"})
+    path = tmp_path / "out" / ckpt.key_for(2)
+    data = path.read_bytes()
+    two = torch.tensor(2.0).numpy().tobytes()
+    at = data.index(two * 4)
+    path.write_bytes(data[:at] + torch.tensor(3.0).numpy().tobytes() + data[at + 4 :])
+    assert torch.load(path, weights_only=False)["model"]["w"][0] == 3.0  # torch itself does not notice
+    state = ckpt.load_latest(out, "sha256:d")
+    assert state is not None and state["step"] == 1

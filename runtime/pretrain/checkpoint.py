@@ -4,12 +4,15 @@ A checkpoint holds the training model (backbone + heads), the optimiser, the lea
 step, the RNG states of every rank and the spec digest. Rank 0 writes it through runtime/storage.py, which
 makes the write atomic (temporary file + rename locally; an S3 object appears only once uploaded), so a crash
 mid-write leaves the previous checkpoint intact. On start, `load_latest` tries the checkpoints newest first and
-skips (with a warning) any that cannot be read — e.g. truncated by a full disk or a copy gone wrong. The
-`KEEP` newest checkpoints are kept.
+skips (with a warning) any that cannot be read — e.g. truncated by a full disk or a copy gone wrong. Each
+checkpoint's sha256 is written beside it (`step-N.pt.sha256`) and checked on resume, so one with flipped bytes
+that torch would load is skipped too, as is one whose digest was never written. The `KEEP` newest
+checkpoints are kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import random
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInput
+from ..storage import MissingKey
 from .data import cached_store
 
 log = logging.getLogger("freeatm.pretrain.checkpoint")
@@ -31,6 +35,10 @@ _NAME = re.compile(r"^checkpoints/step-(\d{9})\.pt$")
 
 def key_for(step: int) -> str:
     return f"{PREFIX}step-{step:09d}.pt"
+
+
+def digest_key(step: int) -> str:
+    return key_for(step) + ".sha256"
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,10 +65,14 @@ def save(output_uri: str, step: int, state: dict[str, Any]) -> str:
     store = cached_store(output_uri)
     buf = io.BytesIO()
     torch.save({**state, "step": step}, buf)
-    key = key_for(step)
-    store.write_bytes(key, buf.getvalue())
+    key, data = key_for(step), buf.getvalue()
+    # The digest first: a checkpoint that is visible always has its digest (a crash between the two writes
+    # leaves only an orphan digest, which the next save of that step overwrites).
+    store.write_bytes(digest_key(step), hashlib.sha256(data).hexdigest().encode())
+    store.write_bytes(key, data)
     for old in steps(output_uri)[KEEP:]:
         store.delete(key_for(old))
+        store.delete(digest_key(old))
     return store.url(key)
 
 
@@ -80,11 +92,15 @@ def load_latest(output_uri: str, spec_digest: str) -> dict[str, Any] | None:
     for step in steps(output_uri):
         url = store.url(key_for(step))
         try:
-            state = torch.load(
-                io.BytesIO(store.read_bytes(key_for(step))), map_location="cpu", weights_only=False
-            )
+            data = store.read_bytes(key_for(step))
+            if store.read_bytes(digest_key(step)).decode() != hashlib.sha256(data).hexdigest():
+                raise ValueError("its sha256 is not the one written with it")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
             if not isinstance(state, dict) or "model" not in state or state.get("step") != step:
                 raise ValueError("not a freeatm training checkpoint")
+        except MissingKey:
+            log.warning("skipping unreadable checkpoint %s: it or its sha256 is missing", url)
+            continue
         except InvalidInput:
             raise
         except Exception as e:  # truncated or corrupt: fall back to an older one
