@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .common import GROUP, VERSION
+from .common import GROUP, INT64, VERSION
 from .resources import KINDS, KindInfo
 from .status import Status
 
@@ -84,6 +84,10 @@ def _openapi(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[k] = True
         else:
             out[k] = v
+    if out.get("type") == "integer" and out.get("maximum") == INT64:
+        # The API server reads schema bounds as float64: 2**63 - 1 rounds up to 2**63, and its int64 conversion
+        # overflows to -2**63, refusing every value. `type: integer` is int64 already.
+        del out["maximum"]
     if out.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
     elif out.get("x-kubernetes-preserve-unknown-fields"):

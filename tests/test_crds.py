@@ -46,6 +46,9 @@ def test_schema_is_structural_and_documented(name: str) -> None:
     for path, node in walk(schema):
         assert "$ref" not in node and "anyOf" not in node, path
         assert node.get("type") or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        for bound in ("minimum", "maximum"):
+            # The API server reads bounds as float64 and converts integer ones to int64: 2**63 - 1 overflows.
+            assert abs(node.get(bound, 0)) <= 2**53, f"{path}.{bound} is not exact as a float64"
 
 
 def test_crds_pass_kubernetes_validate() -> None:
