@@ -1,10 +1,17 @@
 """Hostile inputs to `freeatm validate`, `render` and `run`: each exits 1 (the documented code of invalid input)
 with one error line naming the file, the resource and the field (or the line of a file that is not YAML), in
-bounded time, and never with a traceback."""
+bounded time and memory, and never with a traceback.
+
+Each case runs in a forked child whose address space may grow by MEMORY_BUDGET at most and which is killed
+after SECONDS: a regression that expands an alias bomb or loops fails its case instead of eating the machine.
+"""
 
 from __future__ import annotations
 
 import copy
+import multiprocessing
+import re
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +21,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import freeatm.cli.local_run  # noqa: F401  imported once here, not by every forked case (the commands import
+import freeatm.cli.report  # noqa: F401  them when they run)
+import freeatm.operator.workload  # noqa: F401
 from freeatm.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +32,8 @@ DOCS = [d for d in yaml.safe_load_all(QUICKSTART) if d]
 INVALID_INPUT = 1  # README: `freeatm validate` exits 1 on errors; `render` and `run` validate the same way
 SDS, MPJ, EVJ = "SyntheticDataset/shapes", "MaskPretrainJob/shapes-baseline", "EvalJob/shapes-eval"
 SECRET = "AKIAIOSFODNN7EXAMPLE"
+SECONDS = 20  # per case, the three commands together
+MEMORY_BUDGET = 1 << 30  # bytes a case may add to the test process's address space
 
 
 @dataclass(frozen=True)
@@ -576,19 +588,70 @@ def test_the_table_is_broad() -> None:
 runner = CliRunner()
 
 
-@pytest.mark.timeout(20)
+def _address_space() -> int:
+    return int(re.search(r"VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024  # type: ignore[index]
+
+
+def bounded(work: Callable[[], Any]) -> Any:
+    """work() in a forked child limited to SECONDS and MEMORY_BUDGET; its result, or a test failure saying
+    which bound it broke (an exception in the child, MemoryError included, fails the test too)."""
+    fork = multiprocessing.get_context("fork")
+    receive, send = fork.Pipe(duplex=False)
+
+    def child() -> None:
+        limit = _address_space() + MEMORY_BUDGET
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            send.send((True, work()))
+        except BaseException as e:
+            send.send((False, f"{type(e).__name__}: {e}"))
+
+    process = fork.Process(target=child, daemon=True)
+    process.start()
+    try:
+        if not receive.poll(SECONDS):
+            pytest.fail(f"no result in {SECONDS} s: the case hangs")
+        ok, result = receive.recv()
+    except EOFError:
+        pytest.fail(f"the case's process died (exit {process.join(5) or process.exitcode})")
+    finally:
+        process.kill()
+        process.join()
+    if not ok:
+        pytest.fail(f"the case failed in its process: {result}")
+    return result
+
+
+def test_a_case_that_eats_memory_fails_instead_of_eating_the_machine() -> None:
+    with pytest.raises(pytest.fail.Exception, match="MemoryError"):
+        bounded(lambda: len(bytearray(2 * MEMORY_BUDGET)))
+    assert bounded(lambda: len(bytearray(MEMORY_BUDGET // 4))) == MEMORY_BUDGET // 4
+
+
+def _invoke_all(path: Path, workdir: Path) -> list[tuple[str, object, int, str, str]]:
+    """(command, exception, exit code, stdout, stderr) of validate, render and run on `path`."""
+    results = []
+    for command in ("validate", "render", "run"):
+        extra = ["--workdir", str(workdir)] if command == "run" else []
+        result = runner.invoke(app, [command, "-f", str(path), *extra])
+        exception = "SystemExit" if isinstance(result.exception, SystemExit) else repr(result.exception)
+        results.append((command, exception, result.exit_code, result.stdout, result.stderr))
+    return results
+
+
+@pytest.mark.timeout(2 * SECONDS)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_input_is_one_clear_error(tmp_path: Path, case: Case) -> None:
     path = tmp_path / "hostile.yaml"
     path.write_bytes(case.data)
-    for command in ("validate", "render", "run"):
-        extra = ["--workdir", str(tmp_path / "work")] if command == "run" else []
-        result = runner.invoke(app, [command, "-f", str(path), *extra])
-        output = result.stdout + result.stderr
-        assert isinstance(result.exception, SystemExit), (command, result.exception, output)
-        assert result.exit_code == INVALID_INPUT, (command, output)
+    for command, exception, exit_code, stdout, stderr in bounded(
+        lambda: _invoke_all(path, tmp_path / "work")
+    ):
+        output = stdout + stderr
+        assert exception == "SystemExit", (command, exception, output)
+        assert exit_code == INVALID_INPUT, (command, output)
         assert "Traceback" not in output
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
         wanted = f"error: {path}: {case.resource}: "
         assert any(line.startswith(wanted) and case.field in line and case.says in line for line in errors), (
             command,
