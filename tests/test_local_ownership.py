@@ -22,6 +22,7 @@ import yaml
 
 from freeatm.cli import local_run
 from freeatm.cli.workdir import Workdir
+from tests import local_cli
 
 DATASET = {
     "apiVersion": "freeatm.io/v1alpha1",
@@ -68,21 +69,7 @@ STARTED: list[
 
 
 def freeatm_run(pipeline: Path, workdir: Path, *options: str) -> subprocess.Popen[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "freeatm.cli.main",
-        "run",
-        "-f",
-        str(pipeline),
-        "--workdir",
-        str(workdir),
-    ]
-    command += options
-    env = {**os.environ, "COLUMNS": "200"}
-    cli = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
-    )
+    cli = local_cli.freeatm_run(pipeline, workdir, *options, start_new_session=True)
     STARTED.append(cli)
     return cli
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.local_cli import freeatm_run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -46,23 +46,6 @@ def small_pipeline(model_dir: Path, tmp_path: Path, epochs: int = 1) -> Path:
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump_all(docs))
     return path
-
-
-def freeatm_run(pipeline: Path, workdir: Path, **kwargs) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
-    env = {**os.environ, "COLUMNS": "200"}
-    command = [
-        sys.executable,
-        "-m",
-        "freeatm.cli.main",
-        "run",
-        "-f",
-        str(pipeline),
-        "--workdir",
-        str(workdir),
-    ]
-    return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs
-    )
 
 
 def output_dir(workdir: Path, stage: str) -> Path:
