@@ -18,6 +18,8 @@ BACKBONE_GEOMETRY: dict[str, tuple[str, int]] = {
     "resnet18_os8": ("resnet18", 8),
     "resnet50": ("resnet50", 32),
     "resnet50_os8": ("resnet50", 8),
+    "resnet_test": ("resnet_test", 32),
+    "resnet_test_os8": ("resnet_test", 8),
     **{
         f"{arch}{'' if patch == 16 else f'_patch{patch}'}": (arch, patch)
         for arch in ("vit_test", "vit_tiny", "vit_small", "vit_base")

@@ -6,6 +6,9 @@ One factory over a fixed set of names (the contract shared by MaskPretrainJob an
     resnet18, resnet50            torchvision ResNets, output stride 32 (the ImageNet stem: 7×7 stride-2 conv
                                   and max-pool)
     resnet18_os8, resnet50_os8    output stride 8: a 3×3 stride-1 stem conv and no max-pool (the CIFAR stem)
+    resnet_test, resnet_test_os8  timm's `test_resnet` (0.37 M parameters, 96 features), output stride 32 (its
+                                  own stem: three 3×3 convs, the first of stride 2, and max-pool) or 8 (the
+                                  CIFAR stem, as above)
     vit_tiny, vit_small, vit_base timm ViTs with 16-pixel patches; vit_*_patch8 and vit_*_patch4 with 8- and
                                   4-pixel patches (timm's `patch_size`); any input size that is a multiple of
                                   the patch (position embeddings are interpolated)
@@ -40,6 +43,7 @@ WEIGHTS_FILE = f"{EXPORT_DIR}/backbone.pt"
 METADATA_FILE = f"{EXPORT_DIR}/metadata.json"
 
 _TIMM_NAMES = {
+    "resnet_test": "test_resnet",
     "vit_test": "test_vit",
     "vit_tiny": "vit_tiny_patch16_224",
     "vit_small": "vit_small_patch16_224",
@@ -48,6 +52,7 @@ _TIMM_NAMES = {
 _FEATURE_DIMS = {
     "resnet18": 512,
     "resnet50": 2048,
+    "resnet_test": 96,
     "vit_test": 64,
     "vit_tiny": 192,
     "vit_small": 384,
@@ -62,12 +67,14 @@ class Backbone(nn.Module):
     feature_dim: int
     patch_size_or_stride: int
     image_size: int
+    from_timm: bool
 
     def __init__(self, name: str, image_size: int, body: nn.Module) -> None:
         super().__init__()
         self.name, self.image_size = name, image_size
         arch, self.patch_size_or_stride = BACKBONE_GEOMETRY[name]
         self.feature_dim = _FEATURE_DIMS[arch]
+        self.from_timm = arch in _TIMM_NAMES
         self.body = body
 
     @property
@@ -80,7 +87,9 @@ class Backbone(nn.Module):
             h, w = x.shape[-2] // self.patch_size_or_stride, x.shape[-1] // self.patch_size_or_stride
             tokens = self.body.forward_features(x)[:, self.body.num_prefix_tokens :]
             return tokens.transpose(1, 2).reshape(x.shape[0], self.feature_dim, h, w)
-        b = self.body
+        if self.from_timm:  # a timm ResNet: stem, max-pool, layer1..layer4
+            return self.body.forward_features(x)
+        b = self.body  # torchvision's ResNet has no forward_features
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))
 
@@ -90,12 +99,17 @@ class Backbone(nn.Module):
 
 
 def _resnet(arch: str, stride: int) -> nn.Module:
-    import torchvision
+    if arch in _TIMM_NAMES:
+        import timm
 
-    body = getattr(torchvision.models, arch)(weights=None)
-    body.fc = nn.Identity()
+        body = timm.create_model(_TIMM_NAMES[arch], pretrained=False, num_classes=0)
+    else:
+        import torchvision
+
+        body = getattr(torchvision.models, arch)(weights=None)
+        body.fc = nn.Identity()
     if stride == 8:
-        body.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        body.conv1 = nn.Conv2d(3, body.bn1.num_features, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(body.conv1.weight, mode="fan_out", nonlinearity="relu")
         body.maxpool = nn.Identity()
     return body

@@ -27,6 +27,9 @@ torch.set_num_threads(1)
         ("resnet18", 128, 512, 32),
         ("resnet18_os8", 32, 512, 8),
         ("resnet50_os8", 32, 2048, 8),
+        ("resnet_test", 32, 96, 32),
+        ("resnet_test", 128, 96, 32),
+        ("resnet_test_os8", 32, 96, 8),
         ("vit_tiny", 32, 192, 16),
         ("vit_tiny_patch4", 32, 192, 4),
         ("vit_test_patch4", 32, 64, 4),
@@ -61,7 +64,7 @@ def test_unknown_backbone_lists_choices() -> None:
         assert name in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["resnet18_os8", "vit_tiny_patch8"])
+@pytest.mark.parametrize("name", ["resnet18_os8", "resnet_test_os8", "vit_tiny_patch8"])
 def test_export_roundtrip(tmp_path, name: str) -> None:
     backbone = create_backbone(name, 32)
     uri = f"file://{tmp_path}/job"
@@ -141,10 +144,15 @@ def test_mask_guidance_needs_a_4x4_grid() -> None:
         parse_resource(_job("resnet18", 32))
     with pytest.raises(ValidationError, match="vit_tiny with patch 16 at imageSize 32 gives a 2×2"):
         parse_resource(_job("vit_tiny", 32, framework="mim"))
+    with pytest.raises(ValidationError) as e:
+        parse_resource(_job("resnet_test", 32))
+    fix = "gives a 1×1 feature grid; mask guidance needs ≥ 4×4: set backbone to resnet_test_os8 (4×4)"
+    assert fix in str(e.value)
     for backbone, size in [
         ("vit_tiny_patch8", 32),
         ("vit_tiny", 64),
         ("resnet18_os8", 32),
+        ("resnet_test_os8", 32),
         ("resnet18", 128),
     ]:
         assert parse_resource(_job(backbone, size)).spec.warnings() == []
