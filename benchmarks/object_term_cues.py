@@ -13,7 +13,7 @@ A gap between "same shape" and "other shape" is the share of the work shape does
 position does. A minute per checkpoint on 2 cores; `random` scores the study's initialisation.
 
     python benchmarks/object_term_cues.py /tmp/s/e1/seed-0/data/true random \
-        /tmp/s/e1/seed-0/true-masks/checkpoints/step-000000320.pt
+        /tmp/s/e1/seed-0/true-masks/checkpoints/step-000000320.pt [--backbone resnet_test_os8]
 
 The dataset must be a study dataset (rendered clutter scenes of `--seed`); the last line is JSON.
 """
@@ -50,9 +50,12 @@ COLUMNS = {
 }
 
 
-def cue_accuracies(data: Path, checkpoint: str, seed: int, batches: int) -> dict[str, tuple[float, int]]:
-    """(accuracy, count) per entry of COLUMNS for `checkpoint` ("random": the initialisation of `seed`)."""
-    p = study.PROTOCOL
+def cue_accuracies(
+    data: Path, checkpoint: str, seed: int, batches: int, backbone: str = study.PROTOCOL["backbone"]
+) -> dict[str, tuple[float, int]]:
+    """(accuracy, count) per entry of COLUMNS for `checkpoint` of `backbone` ("random": the initialisation of
+    `seed`)."""
+    p = {**study.PROTOCOL, "backbone": backbone}
     doc = study._pretrain_doc(study.ARMS["true-masks"], seed, data.as_uri(), "file:///dev/null", p)
     trainer = Trainer(parse_resource(doc))
     if checkpoint != "random":
@@ -111,10 +114,15 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", help="training checkpoints (.pt) or `random`")
     parser.add_argument("--seed", type=int, default=0, help="the dataset's seed (the study's seed)")
     parser.add_argument("--batches", type=int, default=6, help="batches of the study's size to score")
+    parser.add_argument(
+        "--backbone",
+        default=study.PROTOCOL["backbone"],
+        help="the backbone the checkpoints were trained with",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {
-        Path(c).parent.parent.name or c: cue_accuracies(args.data, c, args.seed, args.batches)
+        Path(c).parent.parent.name or c: cue_accuracies(args.data, c, args.seed, args.batches, args.backbone)
         for c in args.checkpoints
     }
     table = Table("how often the partner beats …", *results, title="object term, across the two views")
