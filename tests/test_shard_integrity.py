@@ -21,7 +21,9 @@ from test_generate_dataset import contents, resource  # noqa: E402
 
 import freeatm.runtime.generate as generate  # noqa: E402
 from freeatm.runtime.errors import EXIT_INVALID, InvalidInput  # noqa: E402
+from freeatm.runtime.generate.shards import read_shard  # noqa: E402
 from freeatm.runtime.pretrain import run  # noqa: E402
+from freeatm.runtime.storage import open_store  # noqa: E402
 from freeatm.runtime.toy import build_random_pipeline  # noqa: E402
 
 torch.set_num_threads(1)
@@ -87,6 +89,17 @@ def test_a_truncated_shard_is_exit_65_from_the_cli(tmp_path: Path) -> None:
     assert f"{dataset}/{SHARD}" in error and "corrupt" in error
 
 
+@pytest.mark.parametrize("corrupt", [truncate, flip_header])
+def test_read_shard_verifies_the_shard(tmp_path: Path, corrupt) -> None:  # type: ignore[no-untyped-def]
+    dataset = shapes_dataset(tmp_path / "ds", 32, shard_size=8)
+    store = open_store(dataset)
+    entry = next(e for e in json.loads(store.read_bytes("manifest.json"))["shards"] if e["name"] == SHARD)
+    assert [s.key for s in read_shard(store, entry)] == [f"{i:08d}" for i in range(16, 24)]
+    corrupt(tmp_path / "ds" / SHARD)
+    with pytest.raises(InvalidInput, match=f"shard {dataset}/{SHARD} of dataset {dataset} is corrupt"):
+        read_shard(store, entry)
+
+
 @pytest.mark.parametrize("member", ["00000017.png", "00000017.mask.png"])
 def test_an_undecodable_png_names_the_sample(tmp_path: Path, member: str) -> None:
     dataset = shapes_dataset(tmp_path / "ds", 32, shard_size=8)
@@ -142,3 +155,21 @@ def test_a_checkpoint_with_flipped_bytes_is_not_resumed_from(tmp_path: Path) -> 
     assert torch.load(path, weights_only=False)["model"]["w"][0] == 3.0  # torch itself does not notice
     state = ckpt.load_latest(out, "sha256:d")
     assert state is not None and state["step"] == 1
+
+
+@pytest.mark.parametrize("corrupt", [truncate, flip_header])
+def test_the_manifest_is_published_only_over_verified_shards(
+    tmp_path: Path, model_uri: str, corrupt, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The worker that completes the dataset reads the other workers' shards back before it publishes the
+    manifest, and regenerates one found corrupt."""
+    small = {"generation": {"images": 32, "shardSize": 8, "batchSize": 8, "steps": 1}}
+    clean, out = f"file://{tmp_path}/clean", f"file://{tmp_path}/ds"
+    generate.run(resource(model_uri, clean, **small))
+    res = resource(model_uri, out, workers=2, **small)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    assert generate.run(res) == {"uri": out}  # shards 2 and 3: not the whole dataset yet
+    corrupt(tmp_path / "ds" / SHARD)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    assert "manifestDigest" in generate.run(res)
+    assert contents(out) == contents(clean)

@@ -6,7 +6,8 @@ One worker (pod ``JOB_COMPLETION_INDEX`` of ``spec.workers``) generates a contig
 2. for each of its shards whose entry is not yet recorded: generate the shard's samples batch by batch with
    attention capture (:mod:`.sampler`, :mod:`.capture`, :mod:`.masks`), write the tar to a local temporary
    file, publish it atomically through the storage module, then publish its entry (:mod:`.shards`);
-3. merge every shard's entry into ``manifest.json`` when all are there (:mod:`.manifest`).
+3. when every shard's entry is there, read the other workers' shards back (regenerating one found corrupt)
+   and merge the entries into ``manifest.json`` (:mod:`.manifest`).
 
 A rerun (a retried pod) skips the shards whose entries are recorded and whose tars match them (a corrupt one is
 regenerated); a killed worker leaves at most a temporary file behind, never a partial shard under its final
@@ -31,6 +32,7 @@ from freeatm.runtime.errors import InvalidInput, TransientError
 from freeatm.runtime.progress import ProgressReporter, reporter
 from freeatm.runtime.storage import Store, open_store
 
+from .families import FamilyPipeline
 from .manifest import DatasetContext, check_existing_manifest, intact_entry, spec_digest, try_finalize
 from .models import load_pipeline
 from .prompts import PromptSource, check_source, prompt_source
@@ -95,7 +97,7 @@ def generate_dataset(resource: SyntheticDataset, worker: int | None = None) -> d
 
     source = prompt_source(spec.prompts, g.seed, g.resolution)
     model = load_pipeline(spec.model.uri, spec.model.revision, g.dtype)
-    check_source(source, model.pipe.tokenizer)
+    check_source(source, FamilyPipeline.of(model.pipe).text())
     ctx = DatasetContext(spec, spec_digest(spec), model.identity(), source.classes)
     check_existing_manifest(store, ctx)
 
@@ -113,12 +115,19 @@ def generate_dataset(resource: SyntheticDataset, worker: int | None = None) -> d
     with Sampler(model.pipe, g, a, spec.prompts.negative_prompt) as sampler:
         for shard in todo:
             done += _generate_shard(store, ctx, sampler, source, shard, progress, done, total)
+        # This worker's shards are verified or fresh; try_finalize reads the others back before publishing.
+        # It repairs one found corrupt here: its owner is done, and a shard regenerates identically anywhere.
+        completion = try_finalize(store, ctx, verified=mine)
+        if completion.corrupt:
+            for shard in completion.corrupt:
+                progress.total = total = total + len(shard_indices(shard, g.shard_size, g.images))
+                done += _generate_shard(store, ctx, sampler, source, shard, progress, done, total)
+            completion = try_finalize(store, ctx, verified=range(spec.shards()))
 
-    digest = try_finalize(store, ctx)
     outputs: dict[str, Any] = {"uri": spec.output.uri}
-    if digest is not None:
-        outputs["manifestDigest"] = digest
-        log.info("dataset complete: %s (%s)", spec.output.uri, digest)
+    if completion.digest is not None:
+        outputs["manifestDigest"] = completion.digest
+        log.info("dataset complete: %s (%s)", spec.output.uri, completion.digest)
     else:
         log.info("worker %d done; the manifest is written by the worker that completes the dataset", index)
     return outputs

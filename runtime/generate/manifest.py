@@ -2,8 +2,9 @@
 
 Every worker publishes, right after each shard's tar, a small entry ``shards/shard-NNNNN.json`` (name, samples,
 sha256, bytes, specDigest, modelDigest). Entries are per shard, so concurrent workers never write the same key.
-Whoever finds every entry present (normally the last worker to finish) merges them into ``manifest.json``; the
-merge is a pure function of the entries and the spec, so two workers merging at once write identical bytes.
+Whoever finds every entry present (normally the last worker to finish) reads the other workers' shards back,
+checks each against its entry, and only then merges the entries into ``manifest.json``; the merge is a pure
+function of the entries and the spec, so two workers merging at once write identical bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import hashlib
 import io
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -100,20 +102,23 @@ def done_entry(store: Store, ctx: DatasetContext, shard: int) -> dict[str, Any] 
     return entry if store.exists(entry["name"]) else None
 
 
-def intact_entry(store: Store, ctx: DatasetContext, shard: int) -> dict[str, Any] | None:
-    """done_entry, once the shard's tar is read back and matches it: a corrupt shard counts as not done, so a
-    rerun regenerates it instead of keeping it under its stale digest."""
-    entry = done_entry(store, ctx, shard)
-    if entry is None:
-        return None
+def intact(store: Store, entry: dict[str, Any]) -> bool:
+    """Whether the shard's tar, read back, matches its entry; a mismatch is logged as a warning."""
     try:
         verified_samples(
             io.BytesIO(store.read_bytes(entry["name"])), entry, store.url(entry["name"]), store.uri
         )
     except InvalidInput as e:
         log.warning("%s: regenerating it", e)
-        return None
-    return entry
+        return False
+    return True
+
+
+def intact_entry(store: Store, ctx: DatasetContext, shard: int) -> dict[str, Any] | None:
+    """done_entry, once the shard's tar is read back and matches it: a corrupt shard counts as not done, so a
+    rerun regenerates it instead of keeping it under its stale digest."""
+    entry = done_entry(store, ctx, shard)
+    return entry if entry is not None and intact(store, entry) else None
 
 
 def check_existing_manifest(store: Store, ctx: DatasetContext) -> dict[str, Any] | None:
@@ -167,25 +172,40 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
 
 
-def try_finalize(store: Store, ctx: DatasetContext) -> str | None:
-    """Merge the shard entries into manifest.json when every shard is done; its sha256 digest, else None.
+@dataclass
+class Completion:
+    """What try_finalize found: the manifest's digest once it is published; otherwise the shards whose entries
+    are recorded but whose tars do not match them (none while some shard is still being generated)."""
+
+    digest: str | None = None
+    corrupt: list[int] = field(default_factory=list)
+
+
+def try_finalize(store: Store, ctx: DatasetContext, verified: Collection[int] = ()) -> Completion:
+    """Merge the shard entries into manifest.json when every shard is done and its tar, read back, matches its
+    entry (the shards in `verified` were checked by the caller already: not read again).
 
     Idempotent: the manifest's bytes depend only on the entries and the spec, and it is rewritten only when
-    different from what is there.
+    different from what is there. Nothing is published while a shard is corrupt.
     """
     n = ctx.spec.shards()
     present = {k for k in store.list(SHARD_DIR + "/") if k.endswith(".json")}
     if len(present) < n:
-        return None
-    entries = []
+        return Completion()
+    entries, corrupt = [], []
     for shard in range(n):
         entry = done_entry(store, ctx, shard)
         if entry is None:
-            return None
+            return Completion()
         expected = len(shard_indices(shard, ctx.spec.generation.shard_size, ctx.spec.generation.images))
         if entry["samples"] != expected:
-            return None
+            return Completion()
         entries.append(entry)
+    for shard, entry in enumerate(entries):
+        if shard not in verified and not intact(store, entry):
+            corrupt.append(shard)
+    if corrupt:
+        return Completion(corrupt=corrupt)
     data = manifest_bytes(build_manifest(ctx, entries))
     try:
         current = store.read_bytes(MANIFEST)
@@ -193,4 +213,4 @@ def try_finalize(store: Store, ctx: DatasetContext) -> str | None:
         current = None
     if current != data:
         store.write_bytes(MANIFEST, data)
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return Completion(digest="sha256:" + hashlib.sha256(data).hexdigest())

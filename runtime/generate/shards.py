@@ -18,6 +18,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from freeatm.runtime.errors import InvalidInput
+from freeatm.runtime.shard_reader import verified_samples
+from freeatm.runtime.storage import Store
+
 from .sampler import Sample
 
 SHARD_DIR = "shards"
@@ -110,7 +114,7 @@ def file_sha256(path: Path) -> str:
 
 @dataclass
 class ReadSample:
-    """A sample read back from a shard."""
+    """A sample read back from a shard (tests and tools; training decodes only what it needs, pretrain/data.py)."""
 
     key: str
     image: np.ndarray
@@ -119,19 +123,23 @@ class ReadSample:
     record: dict[str, Any]
 
 
-def read_shard(data: bytes) -> list[ReadSample]:
-    """The samples of a shard's bytes, in order (for tests, tools and consumers without webdataset)."""
-    groups: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for member in tar.getmembers():
-            key, _, ext = member.name.partition(".")
-            f = tar.extractfile(member)
-            assert f is not None
-            groups.setdefault(key, {})[ext] = f.read()
+def read_shard(store: Store, entry: dict[str, Any]) -> list[ReadSample]:
+    """The decoded samples of the shard `entry` (a manifest or shard entry) describes, in order, read through
+    the verifying reader (runtime/shard_reader.py): InvalidInput naming the shard when it does not match
+    `entry`, or naming the sample when one of its members does not decode."""
+    name = entry["name"]
+    raw = verified_samples(io.BytesIO(store.read_bytes(name)), entry, store.url(name), store.uri)
     samples = []
-    for key, parts in groups.items():
-        image = np.asarray(Image.open(io.BytesIO(parts["png"])).convert("RGB"))
-        mask = np.asarray(Image.open(io.BytesIO(parts["mask.png"]))) if "mask.png" in parts else None
-        soft = np.load(io.BytesIO(parts["soft.npy"]), allow_pickle=False) if "soft.npy" in parts else None
-        samples.append(ReadSample(key, image, mask, soft, json.loads(parts["json"])))
+    for parts in raw:
+        key = parts["__key__"]
+        try:
+            image = np.asarray(Image.open(io.BytesIO(parts["png"])).convert("RGB"))
+            mask = np.asarray(Image.open(io.BytesIO(parts["mask.png"]))) if "mask.png" in parts else None
+            soft = np.load(io.BytesIO(parts["soft.npy"]), allow_pickle=False) if "soft.npy" in parts else None
+            record = json.loads(parts["json"])
+        except (KeyError, OSError, ValueError) as e:
+            raise InvalidInput(
+                f"sample {key} in {store.url(name)} does not decode: {type(e).__name__}: {e}"
+            ) from e
+        samples.append(ReadSample(key, image, mask, soft, record))
     return samples
