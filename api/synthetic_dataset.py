@@ -10,6 +10,7 @@ from .common import SEED, Model, Output, SecretRef, WorkloadSpec, check_uri, lis
 from .toy import check_toy_model
 
 MODEL_SCHEMES = ("hf", "s3", "pvc", "file", "toy")
+BlockIndex = Annotated[int, Field(ge=0, le=1023)]
 PROMPT_FILE_SCHEMES = ("s3", "pvc", "file")
 
 
@@ -85,8 +86,11 @@ class Generation(Model):
     """Denoising steps."""
     guidance_scale: float = Field(default=7.5, ge=0.0, le=50.0)
     """Classifier-free guidance scale; 1.0 or less disables guidance."""
-    scheduler: Literal["ddim", "ddpm", "pndm", "euler", "euler-ancestral", "dpm-solver", "lms"] = "ddim"
-    """Sampling scheduler."""
+    scheduler: Literal[
+        "ddim", "ddpm", "pndm", "euler", "euler-ancestral", "dpm-solver", "lms", "flow-euler"
+    ] = "ddim"
+    """Sampling scheduler, built from the model's scheduler config. flow-euler (flow matching) is the one for SD3
+    and FLUX models, which reject the others; SD 1.x/2.x and SDXL models take any but flow-euler."""
     seed: int = Field(default=0, ge=0, le=SEED)
     """Dataset seed; each image's seed derives from it and the image index, so any shard regenerates identically."""
     batch_size: int = Field(default=4, ge=1, le=1024)
@@ -111,7 +115,20 @@ class Attention(Model):
     """Which cross-attention maps are captured and how they become masks."""
 
     resolutions: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
-    """Feature-map sizes whose cross-attention layers are captured (16 and 32 for a 512 px Stable Diffusion)."""
+    """UNet models (SD 1.x/2.x, SDXL): feature-map sizes, in latent pixels per side, whose cross-attention layers
+    are captured (16 and 32 for a 512 px Stable Diffusion). Default [16, 32]. Unused by SD3/FLUX models (see
+    blocks) and by aggregation daam."""
+    blocks: Annotated[tuple[BlockIndex, BlockIndex], BeforeValidator(list_as_tuple)] | None = None
+    """SD3/FLUX models: the transformer blocks whose joint attention is captured, as an inclusive index range
+    [first, last]; FLUX numbers its joint (double-stream) blocks first, then its single-stream blocks. Default:
+    every joint block (all of SD3's blocks, FLUX's double-stream blocks). A range beyond the loaded model's
+    blocks fails the run (exit 65). Unused by UNet models."""
+    aggregation: Literal["mean", "daam"] = "mean"
+    """How captured maps are combined. mean (default): head-averaged maps summed per resolution, upsampled
+    bilinearly to the largest captured resolution and averaged over every captured (layer, step). daam: DAAM's
+    heat map for UNet models (bicubic upsampling of each layer and head's map to the latent size, clamped at 0,
+    every head weighted equally, DAAM's down/up-block layers, summed over the captured steps); not for SD3/FLUX
+    and not with selfAttentionRefinement."""
     timesteps: Annotated[tuple[float, float], BeforeValidator(list_as_tuple)] = (0.0, 1.0)
     """Window of the sampling run captured, as shares: 0 = first (noisiest) step, 1 = last."""
     modifiers: bool = False
@@ -134,6 +151,19 @@ class Attention(Model):
                     f"resolution {v} is not a power of two (feature-map sizes are 8, 16, 32, 64 …)"
                 )
         return sorted(set(values))
+
+    @field_validator("blocks")
+    @classmethod
+    def _block_range(cls, blocks: tuple[int, int] | None) -> tuple[int, int] | None:
+        if blocks is not None and blocks[0] > blocks[1]:
+            raise ValueError(f"blocks [{blocks[0]}, {blocks[1]}] must satisfy first ≤ last")
+        return blocks
+
+    @model_validator(mode="after")
+    def _daam_alone(self) -> Attention:
+        if self.aggregation == "daam" and self.self_attention_refinement:
+            raise ValueError("aggregation daam reproduces DAAM's maps, which have no selfAttentionRefinement")
+        return self
 
     @field_validator("timesteps")
     @classmethod

@@ -1,19 +1,26 @@
-"""Cross-attention capture: diffusers attention processors that feed an explicit :class:`AttentionStore`.
+"""Attention capture on UNet pipelines (SD 1.x/2.x, SDXL, the toy model), and the store every family feeds.
 
-How the soft map of a token is aggregated (this is the definition the datasets' masks rest on)
-----------------------------------------------------------------------------------------------
-Let the pipeline run N denoising steps (one UNet call per step) on a batch of B prompts. For every captured
-layer ℓ — a cross-attention ("attn2") layer of the UNet whose feature map is r_ℓ × r_ℓ with r_ℓ in
-``attention.resolutions`` — and every captured step s:
+Capture is a set of diffusers attention processors installed on the selected layers only, each computing its
+output exactly as the layer's default processor does and, beside it, the probabilities of the object-word
+columns, aggregated on the fly by an :class:`AttentionStore`. This module holds the store, the UNet processor
+and its layer selection; :mod:`.capture_mmdit` holds the SD3 and FLUX processors.
 
-1. **Probabilities.** P = softmax(Q Kᵀ / √d) with the layer's own (normalised) queries Q (r_ℓ² positions) and
-   keys K (text tokens), d the head size, computed in float32 for the *conditional* rows of the batch only
-   (with classifier-free guidance the UNet batch is [unconditional, conditional] and only the second half is
-   used; without guidance the whole batch is conditional). The attention mask, if any, is applied as in the
-   layer itself.
-2. **Heads.** P is averaged over the layer's heads: A_{ℓ,s} = mean_h P_h, an r_ℓ² × T map per token.
-3. **Tokens.** Only the columns of the tokens that belong to object words (and their modifiers) are kept,
-   J ≤ T columns per sample; everything else is dropped before it is stored.
+How the soft map of a token is aggregated (``attention.aggregation: mean``, the default)
+------------------------------------------------------------------------------------------
+Let the pipeline run N denoising steps (one denoiser call per step) on a batch of B prompts. For every captured
+layer ℓ — on a UNet a cross-attention ("attn2") layer whose feature map is r_ℓ × r_ℓ with r_ℓ in
+``attention.resolutions``; on a transformer a block in ``attention.blocks``, whose r × r image tokens attend
+jointly with the text tokens (:mod:`.capture_mmdit`) — and every captured step s:
+
+1. **Probabilities.** P = softmax(Q Kᵀ / √d) with the layer's own (normalised) queries Q of the image positions
+   (r_ℓ² of them) and its keys K (the text tokens on a UNet; the whole joint sequence, image and text, on a
+   transformer), d the head size, computed in float32 for the *conditional* rows of the batch only (with
+   classifier-free guidance the batch is [unconditional, conditional] and only the second half is used;
+   without guidance the whole batch is conditional). The attention mask, if any, is applied as in the layer.
+2. **Tokens.** Only the columns of the tokens that belong to object words (and their modifiers) are kept,
+   J ≤ T columns per sample (:mod:`.prompts` maps words to positions in the text sequence); everything else
+   is dropped before it is stored.
+3. **Heads.** The kept columns are averaged over the layer's heads: A_{ℓ,s} = mean_h P_h, r_ℓ² × J.
 4. **Running sums.** A_{ℓ,s} is added to the running sum S_r of its resolution r = r_ℓ, and the count n_r
    is incremented. Nothing per-step is kept: memory is B × J × r² floats per resolution.
 5. **Timestep window.** Step s (0-based) is captured when its centre (s + ½) / N lies in
@@ -22,24 +29,49 @@ layer ℓ — a cross-attention ("attn2") layer of the UNet whose feature map is
 6. **Combination.** At the end, every resolution's sum is upsampled bilinearly (align_corners=False) to the
    common resolution R = max(resolutions) and the maps are averaged over every captured (layer, step) pair:
    M = Σ_r up_R(S_r) / Σ_r n_r. Because upsampling is linear this equals upsampling each A_{ℓ,s} first and
-   averaging them all with equal weight — the prompt-to-prompt AttentionStore average, and DAAM's sum up to
-   a constant factor.
-7. **Self-attention refinement** (``attention.selfAttentionRefinement``, Dataset Diffusion): the
+   averaging them all with equal weight (the prompt-to-prompt AttentionStore average). It is *not* DAAM's
+   aggregation, which upsamples bicubically, clamps, weights every head equally and hooks a different layer
+   set; ``aggregation: daam`` reproduces that one (below).
+7. **Self-attention refinement** (``attention.selfAttentionRefinement``, Dataset Diffusion; UNets only): the
    self-attention ("attn1") layers of the same transformer blocks are captured the same way (steps 1, 2, 4, 5;
    all r² key positions kept), giving the average self-attention Ā_r (r² × r²) per resolution, and each
    resolution's mean cross-attention map is propagated through it before step 6:
    M_r ← (Ā_r)^τ (S_r / n_r), τ = :data:`REFINEMENT_POWER`; the combination then weights M_r by n_r.
 
-The result is ``AttentionStore.maps()``: B × J × R × R token maps, turned into per-object masks by
+``aggregation: daam`` — DAAM's global heat map (castorini/daam, ``daam/trace.py`` and ``daam/heatmap.py``)
+-------------------------------------------------------------------------------------------------------------
+For a UNet pipeline (exact for SD 1.x/2.x, where DAAM was defined) the store reproduces DAAM's
+``compute_global_heat_map()`` (default arguments: every factor, layer and head, ``normalize=False``):
+
+* **Layers** — DAAM's ``UNetCrossAttentionLocator`` without ``low_memory``: the "attn2" layer of every
+  transformer block of every cross-attention block of ``down_blocks`` and ``up_blocks``; not the mid block, and
+  not a layer whose feature map is latent/8 on a side (DAAM skips its factor 8). ``attention.resolutions``
+  is not used.
+* **Per step** — each layer's softmax(Q Kᵀ · scale) of the conditional rows, per head (no head average), for
+  the kept columns, added to a running sum per (layer, head): DAAM sums over every step (its maps are sums over
+  time, not means; with the default ``timesteps`` [0, 1] every step is captured, as in DAAM).
+* **Combination** — each (layer, head) sum, r × r per token, is upsampled *bicubically* (align_corners=False)
+  to the latent size (DAAM's fixed 64 for a 512-px model, i.e. the latent of its native resolution), clamped at
+  0 ("fixes undershoot"), and the result is the plain mean over all (layer, head) pairs: every head weighs the
+  same, so a layer with more heads weighs more.
+* A word's map is then the mean of its tokens' maps, as DAAM's ``compute_word_heat_map`` does
+  (:func:`freeatm.runtime.generate.masks.object_maps`).
+
+Not reproduced: DAAM handles one prompt per call (the store takes a batch), and what follows the heat map —
+DAAM's bicubic ``expand_as`` to the image and its threshold — is :mod:`.masks`' resize and threshold here.
+
+The result is ``AttentionStore.maps()``: B × J × R × R token maps (R = max(resolutions), the transformer's
+token grid, or the latent size under ``daam``), turned into per-object masks by
 :mod:`freeatm.runtime.generate.masks`.
 
 Every layer that is not captured keeps the processor it had (diffusers' fast SDPA processor by default); a
-captured layer computes its output exactly as diffusers' ``AttnProcessor2_0`` does (the same operations on the
-same tensors), so images are identical with and without capture.
+captured UNet layer computes its output exactly as diffusers' ``AttnProcessor2_0`` does (the same operations on
+the same tensors), so images are identical with and without capture.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -49,24 +81,39 @@ import torch.nn.functional as F
 
 REFINEMENT_POWER = 4
 """τ of the self-attention refinement: the cross-attention map is propagated τ times through Ā."""
+AGGREGATIONS = ("mean", "daam")
 
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^(mid_block)\.")
+_DAAM_LAYER = re.compile(r"^(down_blocks|up_blocks)\.\d+\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.")
+_CHUNK = 1 << 24  # scores computed at once (floats), so that a large layer's probabilities stay bounded
 
 
 class AttentionStore:
     """Running sums of the captured attention maps of one pipeline call (see the module docstring).
 
     Lifecycle: :meth:`begin` before a pipeline call (batch size, classifier-free guidance, token columns),
-    :meth:`next_step` at every UNet call (a forward pre-hook), the processors' :meth:`add_cross` /
-    :meth:`add_self` while a step is :attr:`active`, :meth:`maps` after the call.
+    :meth:`next_step` at every denoiser call (a forward pre-hook), the processors' :meth:`add_cross` /
+    :meth:`add_self` while a step is :attr:`active`, :meth:`maps` after the call. ``aggregation="daam"``
+    needs `latent_size`, the size DAAM upsamples to.
     """
 
     def __init__(
-        self, resolutions: list[int], window: tuple[float, float], self_attention: bool = False
+        self,
+        resolutions: list[int],
+        window: tuple[float, float],
+        self_attention: bool = False,
+        aggregation: str = "mean",
+        latent_size: int | None = None,
     ) -> None:
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
+        if aggregation == "daam" and (latent_size is None or self_attention):
+            raise ValueError("the daam aggregation needs the latent size and no self-attention refinement")
         self.resolutions = sorted(set(resolutions))
         self.window = window
         self.self_attention = self_attention
+        self.aggregation = aggregation
+        self.latent_size = latent_size
         self.armed = False
         self.active = False
         self.batch_size = 0
@@ -76,26 +123,28 @@ class AttentionStore:
         self.steps_done: list[int] = []
         self.cross: dict[int, torch.Tensor] = {}
         self.cross_count: dict[int, int] = {}
+        self.per_head: dict[str, torch.Tensor] = {}
         self.selfs: dict[int, torch.Tensor] = {}
         self.self_count: dict[int, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def begin(self, batch_size: int, cfg: bool, columns: torch.Tensor) -> None:
-        """Arm the store for one pipeline call; `columns` (B × J, long) are the token positions to keep.
+        """Arm the store for one pipeline call; `columns` (B × J, long) are the text positions to keep.
 
-        `columns` must be on the UNet's device: moving them in every captured layer would block on a GPU."""
+        `columns` must be on the denoiser's device: moving them in every captured layer would block on a GPU."""
         self.armed, self.active = True, False
         self.batch_size, self.cfg = batch_size, cfg
         self.columns = columns
         self.step = -1
         self.steps_done = []
         self.cross, self.cross_count, self.selfs, self.self_count = {}, {}, {}, {}
+        self.per_head = {}
 
     def end(self) -> None:
         self.armed = self.active = False
 
     def next_step(self, total_steps: int) -> None:
-        """Called once per UNet call: advance the step counter and decide whether this step is captured."""
+        """Called once per denoiser call: advance the step counter and decide whether this step is captured."""
         if not self.armed:
             return
         self.step += 1
@@ -104,7 +153,7 @@ class AttentionStore:
             self.steps_done.append(self.step)
 
     def conditional(self, x: torch.Tensor) -> torch.Tensor:
-        """The conditional rows of a UNet batch: the last `batch_size` (the second half under guidance)."""
+        """The conditional rows of a batch: the last `batch_size` (the second half under guidance)."""
         if x.shape[0] not in (self.batch_size, 2 * self.batch_size):
             raise RuntimeError(
                 f"attention batch {x.shape[0]} does not match the armed batch size {self.batch_size}"
@@ -112,16 +161,48 @@ class AttentionStore:
         return x[-self.batch_size :]
 
     # -- accumulation ----------------------------------------------------------------------------------------
-    def add_cross(self, resolution: int, probs: torch.Tensor) -> None:
-        """Add head-averaged cross-attention `probs` (B × heads × r² × T, conditional rows) at `resolution`."""
+    @torch.no_grad()
+    def object_probabilities(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        scale: float,
+        offset: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """B × heads × N × J: softmax(query keyᵀ · scale [+ mask]) over all keys, in float32, keeping the columns
+        ``offset + columns`` (the text positions' place among the keys); query B × heads × N × d, key
+        B × heads × L × d, both already the conditional rows. Heads are computed a few at a time."""
         assert self.columns is not None
-        mean = probs.mean(dim=1)  # B × r² × T
-        kept = mean.gather(2, self.columns[:, None, :].expand(-1, mean.shape[1], -1))  # B × r² × J
+        b, heads, n, _ = query.shape
+        index = (self.columns + offset)[:, None, None, :].expand(b, 1, n, -1)
+        step = max(1, _CHUNK // max(1, b * n * key.shape[2]))
+        kept = []
+        for h in range(0, heads, step):
+            scores = torch.matmul(
+                query[:, h : h + step].float(), key[:, h : h + step].float().transpose(-1, -2)
+            )
+            scores = scores * scale
+            if mask is not None:
+                scores = scores + (mask if mask.shape[1] == 1 else mask[:, h : h + step]).float()
+            probs = scores.softmax(dim=-1)
+            kept.append(probs.gather(3, index.expand(-1, probs.shape[1], -1, -1)))
+        return torch.cat(kept, dim=1)
+
+    def add_cross(self, layer: str, resolution: int, kept: torch.Tensor) -> None:
+        """Add the kept probabilities `kept` (B × heads × r² × J, conditional rows) of `layer`."""
+        if self.aggregation == "daam":
+            if layer in self.per_head:
+                self.per_head[layer] += kept
+            else:
+                self.per_head[layer] = kept.clone()
+            return
+        mean = kept.mean(dim=1)  # B × r² × J
         if resolution in self.cross:
-            self.cross[resolution] += kept
+            self.cross[resolution] += mean
             self.cross_count[resolution] += 1
         else:
-            self.cross[resolution] = kept.clone()
+            self.cross[resolution] = mean
             self.cross_count[resolution] = 1
 
     def add_self(self, resolution: int, probs: torch.Tensor) -> None:
@@ -136,11 +217,14 @@ class AttentionStore:
 
     # -- result ----------------------------------------------------------------------------------------------
     def maps(self) -> torch.Tensor:
-        """B × J × R × R token maps at R = max(resolutions), averaged as the module docstring defines."""
-        if not self.cross:
+        """B × J × R × R token maps, aggregated as the module docstring defines."""
+        if not self.cross and not self.per_head:
             raise RuntimeError(
-                "no cross-attention was captured: no layer at the selected resolutions ran during a captured step"
+                "no cross-attention was captured: no selected layer ran during a captured step"
             )
+        return self._daam_maps() if self.aggregation == "daam" else self._mean_maps()
+
+    def _mean_maps(self) -> torch.Tensor:
         common = max(self.cross)
         total = sum(self.cross_count.values())
         combined: torch.Tensor | None = None
@@ -159,9 +243,26 @@ class AttentionStore:
         assert combined is not None
         return combined
 
+    def _daam_maps(self) -> torch.Tensor:
+        size = self.latent_size
+        assert size is not None
+        total: torch.Tensor | None = None
+        pairs = 0
+        for summed in self.per_head.values():  # B × heads × r² × J, summed over steps
+            b, heads, positions, j = summed.shape
+            r = math.isqrt(positions)
+            grid = summed.transpose(2, 3).reshape(b * heads, j, r, r)
+            up = F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=False).clamp_(min=0)
+            head_sum = up.reshape(b, heads, j, size, size).sum(dim=1)
+            total = head_sum if total is None else total + head_sum
+            pairs += heads
+        assert total is not None
+        return total / pairs
+
     def nbytes(self) -> int:
         """Memory held by the running sums."""
-        return sum(t.numel() * t.element_size() for t in (*self.cross.values(), *self.selfs.values()))
+        held = (*self.cross.values(), *self.selfs.values(), *self.per_head.values())
+        return sum(t.numel() * t.element_size() for t in held)
 
 
 def captured_steps(total: int, window: tuple[float, float]) -> set[int]:
@@ -185,15 +286,15 @@ def _probabilities(
 
 
 class CaptureProcessor:
-    """Attention processor of one captured layer: ``AttnProcessor2_0``'s computation plus capture.
+    """Attention processor of one captured UNet layer: ``AttnProcessor2_0``'s computation plus capture.
 
     ``kind`` is ``"cross"`` (attn2: keeps the object-token columns) or ``"self"`` (attn1, for the refinement).
     The output is computed exactly as ``diffusers.models.attention_processor.AttnProcessor2_0`` computes it;
     the probabilities for the store are computed beside it, only while the store's step is active.
     """
 
-    def __init__(self, store: AttentionStore, resolution: int, kind: str = "cross") -> None:
-        self.store, self.resolution, self.kind = store, resolution, kind
+    def __init__(self, store: AttentionStore, resolution: int, kind: str = "cross", name: str = "") -> None:
+        self.store, self.resolution, self.kind, self.name = store, resolution, kind, name
 
     def __call__(
         self,
@@ -268,11 +369,10 @@ class CaptureProcessor:
                 f"captured layer expected a {self.resolution}x{self.resolution} feature map, got {q.shape[2]} "
                 "positions (non-square images are not supported by capture)"
             )
-        probs = _probabilities(attn, q, k, m)
         if self.kind == "cross":
-            store.add_cross(self.resolution, probs)
+            store.add_cross(self.name, self.resolution, store.object_probabilities(q, k, attn.scale, mask=m))
         else:
-            store.add_self(self.resolution, probs)
+            store.add_self(self.resolution, _probabilities(attn, q, k, m))
 
 
 def layer_level(name: str, down_blocks: int, up_blocks: int) -> int | None:
@@ -298,50 +398,70 @@ def layer_resolutions(unet: Any, latent_size: int) -> dict[str, int]:
     return sizes
 
 
-class Capture:
-    """Installs capture processors on a UNet (only on the selected layers) and removes them again.
+class InstalledCapture:
+    """Capture processors installed on some layers of a denoiser (UNet or transformer), and a step counter.
 
-    ``Capture(unet, store, latent_size, scheduler_steps)`` selects the ``attn2`` layers whose feature map is in
-    ``store.resolutions`` (and their ``attn1`` layers when the store refines with self-attention), installs
-    :class:`CaptureProcessor` on them through ``unet.set_attn_processor`` with a dict that keeps every other
-    layer's existing processor, and registers a forward pre-hook that counts UNet calls.
-    ``scheduler_steps()`` returns the number of steps of the running call (``len(scheduler.timesteps)``).
+    ``processors`` maps layer names (keys of ``model.attn_processors``) to the processors to install there; they
+    are installed through ``model.set_attn_processor`` with a dict that keeps every other layer's existing
+    processor, and a forward pre-hook counts denoiser calls. ``scheduler_steps()`` returns the number of steps
+    of the running call (``len(scheduler.timesteps)``). :meth:`remove` (or leaving the ``with`` block) restores
+    the original processors.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        store: AttentionStore,
+        processors: dict[str, Any],
+        scheduler_steps: Callable[[], int],
+    ) -> None:
+        self.model, self.store = model, store
+        self.original = dict(model.attn_processors)
+        model.set_attn_processor({name: processors.get(name, proc) for name, proc in self.original.items()})
+        self._hook = model.register_forward_pre_hook(lambda module, args: store.next_step(scheduler_steps()))
+
+    def remove(self) -> None:
+        """Restore the original processors and remove the step hook."""
+        self._hook.remove()
+        self.model.set_attn_processor(dict(self.original))
+
+    def __enter__(self) -> InstalledCapture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class Capture(InstalledCapture):
+    """Capture on a UNet: ``Capture(unet, store, latent_size, scheduler_steps)``.
+
+    With the ``mean`` aggregation it selects the ``attn2`` layers whose feature map is in ``store.resolutions``
+    (and their ``attn1`` layers when the store refines with self-attention); with ``daam`` it selects DAAM's
+    layers (the module docstring). Each gets a :class:`CaptureProcessor`.
     """
 
     def __init__(
         self, unet: Any, store: AttentionStore, latent_size: int, scheduler_steps: Callable[[], int]
     ) -> None:
-        self.unet, self.store = unet, store
-        self.original = dict(unet.attn_processors)
         sizes = layer_resolutions(unet, latent_size)
         self.layers: dict[str, tuple[int, str]] = {}
         for name, r in sizes.items():
-            if r not in store.resolutions:
+            if store.aggregation == "daam":
+                if _DAAM_LAYER.match(name) and r != latent_size // 8:
+                    self.layers[name] = (r, "cross")
+            elif r not in store.resolutions:
                 continue
-            if name.endswith("attn2.processor"):
+            elif name.endswith("attn2.processor"):
                 self.layers[name] = (r, "cross")
             elif name.endswith("attn1.processor") and store.self_attention:
                 self.layers[name] = (r, "self")
         if not any(kind == "cross" for _, kind in self.layers.values()):
             available = sorted({r for n, r in sizes.items() if n.endswith("attn2.processor")})
+            wanted = "DAAM's layers" if store.aggregation == "daam" else f"resolutions {store.resolutions}"
             raise ValueError(
-                f"the model has no cross-attention layer at resolutions {store.resolutions} for a {latent_size}x"
-                f"{latent_size} latent; its cross-attention feature maps are {available}"
+                f"the model has no cross-attention layer at {wanted} for a {latent_size}x{latent_size} latent; "
+                f"its cross-attention feature maps are {available}"
             )
-        processors = {
-            name: CaptureProcessor(store, *self.layers[name]) if name in self.layers else proc
-            for name, proc in self.original.items()
-        }
-        unet.set_attn_processor(processors)
-        self._hook = unet.register_forward_pre_hook(lambda module, args: store.next_step(scheduler_steps()))
-
-    def remove(self) -> None:
-        """Restore the original processors and remove the step hook."""
-        self._hook.remove()
-        self.unet.set_attn_processor(dict(self.original))
-
-    def __enter__(self) -> Capture:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
+        processors = {name: CaptureProcessor(store, r, kind, name) for name, (r, kind) in self.layers.items()}
+        super().__init__(unet, store, processors, scheduler_steps)
+        self.unet = unet

@@ -12,7 +12,8 @@ plus one folder per component):
   architecture with random weights (built once into the cache), the baseline of ShapesBench.
 
 The pipeline class is read from ``model_index.json`` (``_class_name``): a diffusers pipeline or one of the
-project's own (:data:`PROJECT_PIPELINES`). Its ``from_pretrained(directory)`` loads the components.
+project's own (:data:`PROJECT_PIPELINES`), of a family attention capture supports (:mod:`.families`; any other
+class is InvalidInput before anything loads). Its ``from_pretrained(directory)`` loads the components.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import torch
 from freeatm.runtime.errors import InvalidInput, TransientError
 from freeatm.runtime.storage import local_path, sync_to_cache
 
+from .families import family_of
+
 log = logging.getLogger("freeatm.generate")
 
 PROJECT_PIPELINES = {"PixelTextToImagePipeline": "freeatm.runtime.toy.pipeline:PixelTextToImagePipeline"}
@@ -49,6 +52,7 @@ class LoadedModel:
     directory: Path
     class_name: str
     digest: str
+    family: str
 
     def identity(self) -> dict[str, str]:
         """The manifest's ``model`` block."""
@@ -206,6 +210,7 @@ def load_pipeline(
     if not isinstance(class_name, str):
         raise InvalidInput(f"model {uri}: model_index.json has no _class_name")
     cls = pipeline_class(class_name)
+    family = family_of(class_name)  # before the weights load: an unsupported class fails at once
     for component, value in index.items():
         if component.startswith("_") or not isinstance(value, list) or value[0] is None:
             continue
@@ -225,4 +230,4 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=True)
     if getattr(pipe, "safety_checker", None) is not None:
         log.info("model %s has a safety checker; flagged images are blacked out by the pipeline", uri)
-    return LoadedModel(pipe, uri, directory, class_name, model_digest(directory))
+    return LoadedModel(pipe, uri, directory, class_name, model_digest(directory), family)

@@ -11,7 +11,12 @@
 
 Object words are located in the prompt as whole words, case-insensitively; the k-th object with a given word
 is its k-th occurrence ("a red circle and a blue circle" has two). A modifier is its nearest occurrence before
-the object word (else after it). Token positions come from the tokenizer's character offsets.
+the object word (else after it). Token positions come from the tokenizer's character offsets: every token whose
+characters overlap the word's belongs to it, so a word split into several pieces has several positions.
+
+The text sequence the attention sees may join several encodings of the prompt (:class:`TextSegment`): SD3's
+is its CLIP encoding (77 positions) followed by its T5 encoding. A word's positions are then its positions in
+every segment, each shifted by the segment's offset; a word that one segment cannot place is an error.
 """
 
 from __future__ import annotations
@@ -175,10 +180,26 @@ def _occurrences(prompt: str, word: str) -> list[tuple[int, int]]:
     return [m.span() for m in pattern.finditer(prompt)]
 
 
-def _token_spans(tokenizer: Any, prompt: str) -> tuple[list[int], list[tuple[int, int]] | None]:
-    max_length = getattr(tokenizer, "model_max_length", None) or 77
-    if max_length > 100_000:  # "no limit" sentinel of some tokenizers
-        max_length = 77
+@dataclass(frozen=True)
+class TextSegment:
+    """One encoding of the prompt inside the text sequence the attention sees: its tokenizer, the position of
+    its first token in that sequence and its length (the encoding is truncated to it)."""
+
+    tokenizer: Any
+    offset: int = 0
+    length: int | None = None
+
+    def max_length(self) -> int:
+        """Tokens of this encoding: `length`, else the tokenizer's maximum (77 when it has none)."""
+        if self.length is not None:
+            return self.length
+        max_length = getattr(self.tokenizer, "model_max_length", None) or 77
+        return 77 if max_length > 100_000 else max_length  # "no limit" sentinel of some tokenizers
+
+
+def _token_spans(
+    tokenizer: Any, prompt: str, max_length: int
+) -> tuple[list[int], list[tuple[int, int]] | None]:
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(prompt, truncation=True, max_length=max_length, return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
@@ -199,12 +220,28 @@ def _tokens_for_span(
     return [p for p in range(special + len(before), special + len(before) + len(word)) if p < len(ids)]
 
 
-def locate(item: PromptItem, tokenizer: Any) -> list[LocatedObject]:
-    """Token positions of every object word (and its modifiers) of `item`; InvalidInput when one is missing."""
-    prompt = item.prompt
+def locate(item: PromptItem, text: Any) -> list[LocatedObject]:
+    """Positions of every object word (and its modifiers) of `item` in the text sequence `text` describes: a
+    tokenizer (one encoding at position 0) or a sequence of :class:`TextSegment`; InvalidInput when a word is
+    missing from the prompt or a segment cannot place it."""
+    segments = tuple(text) if isinstance(text, (list, tuple)) else (TextSegment(text),)
+    per_segment = [_locate_in(item, segment) for segment in segments]
+    return [
+        LocatedObject(
+            obj.word, obj.cls, obj.modifiers,
+            tuple(t for located in per_segment for t in located[k][0]),
+            tuple(t for located in per_segment for t in located[k][1]),
+        )
+        for k, obj in enumerate(item.objects)
+    ]  # fmt: skip
+
+
+def _locate_in(item: PromptItem, segment: TextSegment) -> list[tuple[list[int], list[int]]]:
+    """(word positions, modifier positions) of each object of `item` in one segment, offset included."""
+    prompt, tokenizer = item.prompt, segment.tokenizer
     if not item.objects:
         raise InvalidInput(f"prompt {prompt!r} has no object words")
-    ids, offsets = _token_spans(tokenizer, prompt)
+    ids, offsets = _token_spans(tokenizer, prompt, segment.max_length())
     unk = getattr(tokenizer, "unk_token_id", None)
     seen: dict[str, int] = {}
     located = []
@@ -230,7 +267,7 @@ def locate(item: PromptItem, tokenizer: Any) -> list[LocatedObject]:
             mt = _tokens_for_span(tokenizer, prompt, mspan, ids, offsets)
             _check_tokens(mod, prompt, mt, ids, unk)
             mod_tokens.extend(mt)
-        located.append(LocatedObject(obj.word, obj.cls, obj.modifiers, tuple(tokens), tuple(mod_tokens)))
+        located.append(([segment.offset + t for t in tokens], [segment.offset + t for t in mod_tokens]))
     return located
 
 
@@ -244,8 +281,9 @@ def _check_tokens(word: str, prompt: str, tokens: Sequence[int], ids: Sequence[i
         raise InvalidInput(f"object word {word!r} of prompt {prompt!r} is unknown to the model's tokenizer")
 
 
-def check_source(source: PromptSource, tokenizer: Any) -> None:
-    """Locate every item of a finite source up front, so bad input fails before any image is generated."""
+def check_source(source: PromptSource, text: Any) -> None:
+    """Locate every item of a finite source up front (`text` as for :func:`locate`), so bad input fails before
+    any image is generated."""
     items = source.finite_items()
     for item in items or []:
-        locate(item, tokenizer)
+        locate(item, text)

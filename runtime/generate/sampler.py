@@ -1,4 +1,8 @@
-"""Generate a batch of images with their attention masks: the loop shared by datasets, ShapesBench and benchmarks."""
+"""Generate a batch of images with their attention masks: the loop shared by datasets, ShapesBench and benchmarks.
+
+The pipeline's family (:mod:`.families`) decides the denoiser captured (UNet or transformer), the text sequence
+object words are located in, the initial noise's shape and the pipeline call's arguments.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ import torch
 from freeatm.api.synthetic_dataset import Attention, Generation
 from freeatm.runtime.errors import InvalidInput
 
-from .capture import AttentionStore, Capture
+from .capture import AttentionStore, Capture, InstalledCapture
+from .capture_mmdit import TransformerCapture
+from .families import FamilyPipeline
 from .masks import coverage, masks_from_maps, object_maps
 from .prompts import LocatedObject, PromptItem, locate
 
@@ -24,6 +30,7 @@ SCHEDULERS = {
     "euler-ancestral": "EulerAncestralDiscreteScheduler",
     "dpm-solver": "DPMSolverMultistepScheduler",
     "lms": "LMSDiscreteScheduler",
+    "flow-euler": "FlowMatchEulerDiscreteScheduler",
 }
 
 
@@ -63,11 +70,8 @@ def set_scheduler(pipe: Any, name: str) -> None:
 
 
 def latent_geometry(pipe: Any, resolution: int) -> tuple[int, int]:
-    """(channels, size) of the UNet input for a resolution² image."""
-    factor = int(getattr(pipe, "vae_scale_factor", 1) or 1)
-    if resolution % factor:
-        raise InvalidInput(f"resolution {resolution} is not a multiple of the model's VAE factor {factor}")
-    return int(pipe.unet.config.in_channels), resolution // factor
+    """(channels, size) of the initial noise for a resolution² image."""
+    return FamilyPipeline.of(pipe).latent_geometry(resolution)
 
 
 class Sampler:
@@ -83,23 +87,42 @@ class Sampler:
     ) -> None:
         self.pipe, self.generation, self.attention = pipe, generation, attention
         self.negative_prompt = negative_prompt
+        self.family = family = FamilyPipeline.of(pipe)
+        family.check_scheduler(generation.scheduler)
         set_scheduler(pipe, generation.scheduler)
         pipe.set_progress_bar_config(disable=True)
-        self.channels, self.latent_size = latent_geometry(pipe, generation.resolution)
+        self.channels, self.latent_size = family.latent_geometry(generation.resolution)
+        self.text = family.text()
         self.mask_resolution = attention.mask_resolution or generation.resolution
         self.store: AttentionStore | None = None
-        self.capture: Capture | None = None
+        self.capture: InstalledCapture | None = None
         if capture:
-            store = AttentionStore(
-                attention.resolutions, attention.timesteps, attention.self_attention_refinement
+            self.store, self.capture = self._install(attention)
+
+    def _install(self, attention: Attention) -> tuple[AttentionStore, InstalledCapture]:
+        family, pipe = self.family, self.pipe
+        if attention.aggregation == "daam" and family.transformer:
+            raise InvalidInput(
+                f"attention.aggregation daam is defined for UNet models (SD 1.x/2.x); this is a {family.family} "
+                "model: use mean"
             )
+        refine = attention.self_attention_refinement
+        if refine and family.transformer:
+            raise InvalidInput(f"attention.selfAttentionRefinement is for UNet models, not {family.family}")
+        store = AttentionStore(
+            attention.resolutions, attention.timesteps, refine, attention.aggregation, self.latent_size
+        )
+        steps = lambda: len(pipe.scheduler.timesteps)  # noqa: E731
+        if family.transformer:
+            grid = self.latent_size // family.patch_size()
             try:
-                self.capture = Capture(
-                    pipe.unet, store, self.latent_size, lambda: len(pipe.scheduler.timesteps)
-                )
+                return store, TransformerCapture(family.denoiser, store, grid, attention.blocks, steps)
             except ValueError as e:
-                raise InvalidInput(f"attention.resolutions: {e}") from e
-            self.store = store
+                raise InvalidInput(f"attention.blocks: {e}") from e
+        try:
+            return store, Capture(family.denoiser, store, self.latent_size, steps)
+        except ValueError as e:
+            raise InvalidInput(f"attention.resolutions: {e}") from e
 
     def close(self) -> None:
         if self.capture is not None:
@@ -113,25 +136,32 @@ class Sampler:
         self.close()
 
     def initial_noise(self, seeds: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
-        """Per-sample noise drawn on the CPU (the same on every device) and per-sample generators."""
+        """Per-sample noise drawn on the CPU (the same on every device) and per-sample generators; FLUX's is
+        packed into its token layout as its pipeline packs the noise it draws."""
         shape = (1, self.channels, self.latent_size, self.latent_size)
-        noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
+        noise = torch.cat(
+            [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
+        )
         generators = [torch.Generator("cpu").manual_seed(s + 1) for s in seeds]
-        return torch.cat(noise), generators
+        if self.family.family == "flux":
+            size = self.latent_size
+            noise = self.pipe._pack_latents(noise, len(seeds), self.channels, size, size)
+        return noise, generators
 
     @torch.no_grad()
     def generate(self, items: list[PromptItem], indices: list[int], seeds: list[int]) -> list[Sample]:
         """Images and masks for `items` (sample `indices`, noise `seeds`), in one pipeline call."""
-        pipe, g = self.pipe, self.generation
-        located = [locate(item, pipe.tokenizer) for item in items]
+        pipe, g, family = self.pipe, self.generation, self.family
+        located = [locate(item, self.text) for item in items]
         groups, columns = self._columns(located)
         latents, generators = self.initial_noise(seeds)
-        dtype = pipe.unet.dtype
-        cfg = g.guidance_scale > 1.0
+        dtype = family.denoiser.dtype
+        # FLUX's guidance scale is an input of its distilled model, not classifier-free guidance
+        cfg = g.guidance_scale > 1.0 and family.family != "flux"
         if self.store is not None:
             self.store.begin(len(items), cfg, columns.to(pipe.device))
         try:
-            kwargs: dict[str, Any] = {}
+            kwargs: dict[str, Any] = family.call_kwargs()
             if cfg and self.negative_prompt:
                 kwargs["negative_prompt"] = [self.negative_prompt] * len(items)
             out = pipe(
