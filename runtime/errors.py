@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import tarfile
 import zlib
 
@@ -30,6 +31,9 @@ _PERMANENT_ERRNOS = {
 }
 # Decoders' errors: the bytes they were given are not what they should be.
 _BAD_DATA = (tarfile.TarError, zlib.error, UnicodeDecodeError, json.JSONDecodeError)
+# torch's DataLoader raises a loader process's exception again as the same type, with that process's whole
+# traceback for a message (ExceptionWrapper.reraise in torch/_utils.py).
+_LOADER_PROCESS = re.compile(r"Caught \w+ (in DataLoader worker process \d+)\.\nOriginal Traceback")
 
 
 class RuntimeFailure(Exception):
@@ -60,12 +64,27 @@ def os_failure(error: OSError, what: str) -> RuntimeFailure:
     )
 
 
+def _message(error: BaseException) -> str:
+    """str(error); for an exception that torch's DataLoader carried out of a loader process, its original
+    message and that process instead of the process's traceback."""
+    text = str(error)
+    loader = _LOADER_PROCESS.match(text)
+    if loader is None:
+        return text
+    lines = text.rstrip().splitlines()
+    last = max(i for i, line in enumerate(lines) if line.endswith("Traceback (most recent call last):"))
+    start = next((i for i in range(last + 1, len(lines)) if not lines[i].startswith(" ")), len(lines) - 1)
+    name, _, original = "\n".join(lines[start:]).partition(": ")  # "module.Class: message"
+    return f"{original if name.endswith(type(error).__qualname__) else text} ({loader[1]})"
+
+
 def as_failure(error: BaseException) -> RuntimeFailure | None:
     """The documented failure `error` amounts to when it escapes a command; None when it is a bug."""
     if isinstance(error, RuntimeFailure):
-        return error
+        message = _message(error)
+        return error if message == str(error) else type(error)(message)
     if isinstance(error, _BAD_DATA):
-        return InvalidInput(f"bad input data: {type(error).__name__}: {error}")
+        return InvalidInput(f"bad input data: {type(error).__name__}: {_message(error)}")
     if isinstance(error, OSError) and error.errno is not None:
         return os_failure(error, str(error.filename or "I/O"))
     return None

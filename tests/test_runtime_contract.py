@@ -17,9 +17,17 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from freeatm.runtime import cli
-from freeatm.runtime.errors import EXIT_BUG, EXIT_INVALID, EXIT_TRANSIENT
+from freeatm.runtime.errors import (
+    EXIT_BUG,
+    EXIT_INVALID,
+    EXIT_TRANSIENT,
+    InvalidInput,
+    TransientError,
+    as_failure,
+)
 
 DATASET = {
     "apiVersion": "freeatm.io/v1alpha1",
@@ -145,3 +153,31 @@ def test_errors_escaping_a_command_get_their_documented_code(
         "error": last.removeprefix("error: "),
         "exitCode": code,
     }
+
+
+class _FailingStream(torch.utils.data.IterableDataset):
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "raised, code",
+    [
+        (TransientError("reading s3://b/shard.tar failed after retries: boom"), EXIT_TRANSIENT),
+        (InvalidInput("shard s3://b/shard.tar is corrupt:\nsee the manifest"), EXIT_INVALID),
+        (tarfile.ReadError("bad tar"), EXIT_INVALID),
+    ],
+)
+def test_an_error_in_a_loader_process_keeps_its_message(raised: BaseException, code: int) -> None:
+    """torch's DataLoader raises a loader process's error again with that process's traceback for a message:
+    the one error line gives the original message, naming the loader process, and no traceback."""
+    with pytest.raises(type(raised)) as info:
+        next(iter(torch.utils.data.DataLoader(_FailingStream(raised), batch_size=None, num_workers=1)))
+    assert "Traceback" in str(info.value)
+    failure = as_failure(info.value)
+    assert failure is not None and failure.exit_code == code
+    assert str(failure).endswith(f"{raised} (in DataLoader worker process 0)")
+    assert "Traceback" not in str(failure)
