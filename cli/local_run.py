@@ -47,6 +47,7 @@ from freeatm.api.graph import topological_order
 from freeatm.api.manifests import Manifests
 from freeatm.api.resolve import resolve
 from freeatm.api.status import Outputs
+from freeatm.runtime.errors import EXIT_INVALID
 
 from .workdir import UnreadableStatus, Workdir, WorkdirBusy, WorkdirError
 
@@ -222,14 +223,34 @@ def _run_stages(stages: list[Stage], workdir: Workdir, force: bool, console: Con
             console.print(f"[green]✓[/] {stage.kind}/{stage.name}: done")
         else:
             message = result.get("error") or f"exit code {code}"
-            status = with_phase(status, "Failed", "InvalidInput" if code == 65 else "WorkloadFailed", message)
+            status = with_phase(
+                status, "Failed", "InvalidInput" if code == EXIT_INVALID else "WorkloadFailed", message
+            )
             failed.add(stage.key)
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             console.print(
                 f"[red]✗[/] {stage.kind}/{stage.name} failed (exit {code}): {message}\n[dim]{tail}[/]\nlog: {log}"
             )
+            for kind, name in _blamed(stage, code, message, outputs):
+                console.print(
+                    f"[yellow]![/] the error is about the output of {kind}/{name}, which a rerun skips as "
+                    "unchanged: `freeatm run --force` reruns it (generation regenerates what does not verify)",
+                    soft_wrap=True,
+                )
         workdir.write_status(stage.resource, status, digest)
     return EXIT_FAILED if failed else 0
+
+
+def _blamed(
+    stage: Stage, code: int, message: str, outputs: Mapping[tuple[str, str], Outputs]
+) -> list[tuple[str, str]]:
+    """The dependencies whose output an invalid-input failure of `stage` names (a corrupt dataset shard)."""
+    blamed = []
+    for dep in stage.resource.dependencies() if code == EXIT_INVALID else []:
+        uri = outputs[dep].uri if dep in outputs else None
+        if uri and uri in message:
+            blamed.append(dep)
+    return blamed
 
 
 def run_stage(

@@ -14,6 +14,8 @@ from typing import IO, Any
 
 from .errors import InvalidInput, TransientError
 
+REPAIR = "rerun the dataset's generation: it regenerates the shards that do not match the manifest"
+
 
 class _Digesting:
     """A read-only stream that hashes and counts the bytes read through it."""
@@ -48,15 +50,18 @@ def verified_samples(
     except OSError as e:
         raise TransientError(f"reading {where} failed: {e}") from e
     except Exception as e:  # a corrupt tar; the digest below would say so too, less precisely
-        raise InvalidInput(f"{where} is corrupt: not a readable tar ({type(e).__name__}: {e})") from e
+        reason = str(e.args[0]).split(" @ ")[0] if e.args else ""  # webdataset appends its stream and URL
+        raise InvalidInput(
+            f"{where} is corrupt: not a readable tar ({type(e).__name__}: {reason}); {REPAIR}"
+        ) from e
     got = reader.sha256.hexdigest()
     if got != expected or reader.size != entry.get("bytes", reader.size):
         raise InvalidInput(
             f"{where} is corrupt: sha256 {got} ({reader.size} bytes) where the manifest lists {expected} "
-            f"({entry.get('bytes')} bytes); regenerate the dataset"
+            f"({entry.get('bytes')} bytes); {REPAIR}"
         )
     if len(samples) != entry.get("samples", len(samples)):
         raise InvalidInput(
-            f"{where} holds {len(samples)} samples where the manifest lists {entry['samples']}"
+            f"{where} holds {len(samples)} samples where the manifest lists {entry['samples']}; {REPAIR}"
         )
     return samples

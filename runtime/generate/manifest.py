@@ -20,7 +20,7 @@ from typing import Any
 
 from freeatm.api.synthetic_dataset import SyntheticDatasetSpec
 from freeatm.runtime.errors import InvalidInput
-from freeatm.runtime.shard_reader import verified_samples
+from freeatm.runtime.shard_reader import REPAIR, verified_samples
 from freeatm.runtime.storage import MissingKey, Store
 
 from .shards import SHARD_DIR, entry_name, shard_indices, shard_name
@@ -109,7 +109,7 @@ def intact(store: Store, entry: dict[str, Any]) -> bool:
             io.BytesIO(store.read_bytes(entry["name"])), entry, store.url(entry["name"]), store.uri
         )
     except InvalidInput as e:
-        log.warning("%s: regenerating it", e)
+        log.warning("regenerating %s: %s", store.url(entry["name"]), str(e).removesuffix(f"; {REPAIR}"))
         return False
     return True
 
