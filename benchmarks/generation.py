@@ -1,22 +1,29 @@
 """What attention capture costs: images per second and peak memory with capture vs without.
 
     python benchmarks/generation.py [--batch 16] [--steps 10] [--repeats 3] [--sd] [--quick]
+    python benchmarks/generation.py --family sd15|sdxl|sd3|flux [--family ...] [--scale 4] [--resolution 64]
 
-Two workloads, each timed in this one process with the same seeds, the two variants interleaved
+Each workload is timed in this one process with the same seeds, the two variants interleaved
 (plain, capture, plain, capture, …) after one warm-up of each, the median of the repetitions compared:
 
-* ``toy`` — the whole dataset path (:class:`freeatm.runtime.generate.sampler.Sampler`: pipeline call, capture,
-  masks) of the toy pipeline (random weights, same architecture as ``toy://shapes``) at 32 px, a batch of 16,
-  10 DDIM steps, capture of the 16×16 layers with modifiers;
-* ``sd15`` (``--sd``; minutes on a CPU) — denoising steps of a UNet shaped like Stable Diffusion 1.5's (860 M parameters, random weights)
-  at 128 px (a 16×16 latent), classifier-free guidance (UNet batch 2), capture of the two resolutions that
-  correspond to SD's default 16×16 and 32×32 at 512 px (4×4 and 8×8 here: the same UNet levels).
+* ``toy`` (without ``--family``) — the whole dataset path (:class:`freeatm.runtime.generate.sampler.Sampler`:
+  pipeline call, capture, masks) of the toy pipeline (random weights, same architecture as ``toy://shapes``)
+  at 32 px, a batch of 16, 10 DDIM steps, capture of the 16×16 layers with modifiers;
+* ``sd15`` (``--sd`` or ``--family sd15``; minutes on a CPU) — denoising steps of a UNet shaped like Stable
+  Diffusion 1.5's (860 M parameters, random weights) at 128 px (a 16×16 latent), classifier-free guidance
+  (UNet batch 2), capture of the two resolutions that correspond to SD's default 16×16 and 32×32 at 512 px
+  (4×4 and 8×8 here: the same UNet levels);
+* ``sdxl``, ``sd3``, ``flux`` (``--family``) — the whole dataset path of that family's random pipeline
+  (:mod:`freeatm.runtime.toy.families`, every width multiplied by ``--scale``) at ``--resolution`` px with
+  ``--family-steps`` steps and a batch of ``--family-batch``, with each family's default capture (SDXL: the
+  cross-attention layers of the two deepest levels; SD3: every joint block; FLUX: the double-stream blocks),
+  guidance 3.5 (classifier-free for SDXL and SD3, FLUX's distilled guidance input).
 
 The ratio compares the median process CPU time per call on a CPU (one thread: the work done, not the
 neighbours' load on a shared machine; the wall-clock ratio is reported beside it) and wall time on a GPU.
 Peak memory is what the torch profiler saw allocated above the start of one call (CPU allocations; on a GPU,
-``torch.cuda.max_memory_allocated``). The last line is a JSON object whose ``capture_overhead_ratio`` is the
-larger of the two workloads' time ratios (capture / plain).
+``torch.cuda.max_memory_allocated``). Each workload prints ``capture_overhead_ratio`` (capture / plain); the last
+line is a JSON object whose ``capture_overhead_ratio`` is the largest of them.
 """
 
 from __future__ import annotations
@@ -173,6 +180,45 @@ def sd15_workload(
     return {"plain": run_plain, "capture": run_capture}, 1, setup
 
 
+def family_workload(
+    family: str, scale: int, resolution: int, steps: int, batch: int, device: str
+) -> tuple[dict[str, Callable[[], Any]], int, dict[str, Any]]:
+    from freeatm.api.synthetic_dataset import Attention, Generation
+    from freeatm.runtime.generate.prompts import ShapesPrompts
+    from freeatm.runtime.generate.sampler import Sampler, sample_seed
+    from freeatm.runtime.toy.families import BUILDERS
+
+    pipe = BUILDERS[family](seed=0, scale=scale).to(device)
+    transformer = family in ("sd3", "flux")
+    generation = Generation(
+        images=batch, resolution=resolution, steps=steps, guidance_scale=3.5, batch_size=batch,
+        scheduler="flow-euler" if transformer else "ddim",
+    )  # fmt: skip
+    latent = resolution // pipe.vae_scale_factor
+    attention = Attention(resolutions=[latent // 4, latent // 2], modifiers=True)
+    source = ShapesPrompts(0)
+    items = [source.item(i) for i in range(batch)]
+    indices = list(range(batch))
+    seeds = [sample_seed(0, i) for i in indices]
+    plain = Sampler(pipe, generation, attention, capture=False)
+
+    def run_plain() -> None:
+        plain.generate(items, indices, seeds)
+
+    def run_capture() -> None:
+        with Sampler(pipe, generation, attention) as sampler:
+            sampler.generate(items, indices, seeds)
+
+    with Sampler(pipe, generation, attention) as probe:
+        captured = len(probe.capture.layers) if probe.capture is not None else 0
+    denoiser = pipe.transformer if transformer else pipe.unet
+    params = sum(p.numel() for p in denoiser.parameters())
+    setup = {"model": f"{family} random ({params / 1e6:.1f} M denoiser parameters, scale {scale})",
+             "resolution": resolution, "latent": latent, "batch": batch, "steps": steps,
+             "captured_layers": captured}  # fmt: skip
+    return {"plain": run_plain, "capture": run_capture}, batch, setup
+
+
 def measure(name: str, workload: tuple, repeats: int, device: str) -> dict[str, Any]:  # type: ignore[type-arg]
     variants, images, setup = workload
     wall, cpu = interleaved(variants, repeats, device)
@@ -193,7 +239,7 @@ def measure(name: str, workload: tuple, repeats: int, device: str) -> dict[str, 
     }
     print(
         f"{name:5s} {setup['model']}: plain {images / plain:.2f} img/s, capture {images / capture:.2f} img/s "
-        f"(ratio {capture / plain:.3f}); peak memory plain {memory['plain'] / 1024:.0f} KiB, "
+        f"(capture_overhead_ratio {capture / plain:.3f}); peak memory plain {memory['plain'] / 1024:.0f} KiB, "
         f"capture {memory['capture'] / 1024:.0f} KiB",
         flush=True,
     )
@@ -207,6 +253,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="toy denoising steps")
     parser.add_argument("--quick", action="store_true", help="a smoke run: batch 8, 4 steps, 2 repetitions")
     parser.add_argument("--sd", action="store_true", help="also time the SD-1.5-shaped UNet (slow on a CPU)")
+    parser.add_argument("--family", action="append", choices=["sd15", "sdxl", "sd3", "flux"],
+                        help="time this family instead of the toy (repeatable)")  # fmt: skip
+    parser.add_argument("--scale", type=int, default=4, help="width multiplier of the family pipelines")
+    parser.add_argument("--resolution", type=int, default=64, help="image size of the family pipelines (px)")
+    parser.add_argument("--family-steps", type=int, default=4, help="denoising steps of the family pipelines")
+    parser.add_argument("--family-batch", type=int, default=2, help="batch of the family pipelines")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -214,11 +266,24 @@ def main(argv: list[str] | None = None) -> None:
     repeats = 2 if args.quick else args.repeats
     batch, steps = (8, 4) if args.quick else (args.batch, args.steps)
     results: dict[str, Any] = {"device": device, "threads": args.threads}
-    results["toy"] = measure("toy", toy_workload(batch, steps, device), repeats, device)
-    ratios = [results["toy"]["overhead_ratio"]]
-    if args.sd:
-        results["sd15"] = measure("sd15", sd15_workload(16, 2 if args.quick else 3, device), repeats, device)
-        ratios.append(results["sd15"]["overhead_ratio"])
+    ratios = []
+    for family in args.family or []:
+        if family == "sd15":
+            workload = sd15_workload(16, 2 if args.quick else 3, device)
+        else:
+            workload = family_workload(
+                family, args.scale, args.resolution, args.family_steps, args.family_batch, device
+            )
+        results[family] = measure(family, workload, repeats, device)
+        ratios.append(results[family]["overhead_ratio"])
+    if not args.family:
+        results["toy"] = measure("toy", toy_workload(batch, steps, device), repeats, device)
+        ratios.append(results["toy"]["overhead_ratio"])
+        if args.sd:
+            results["sd15"] = measure(
+                "sd15", sd15_workload(16, 2 if args.quick else 3, device), repeats, device
+            )
+            ratios.append(results["sd15"]["overhead_ratio"])
     results["capture_overhead_ratio"] = max(ratios)
     print(json.dumps(results))
 

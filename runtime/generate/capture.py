@@ -14,9 +14,11 @@ jointly with the text tokens (:mod:`.capture_mmdit`) — and every captured step
 
 1. **Probabilities.** P = softmax(Q Kᵀ / √d) with the layer's own (normalised) queries Q of the image positions
    (r_ℓ² of them) and its keys K (the text tokens on a UNet; the whole joint sequence, image and text, on a
-   transformer), d the head size, computed in float32 for the *conditional* rows of the batch only (with
-   classifier-free guidance the batch is [unconditional, conditional] and only the second half is used;
-   without guidance the whole batch is conditional). The attention mask, if any, is applied as in the layer.
+   transformer), d the head size, for the *conditional* rows of the batch only (with classifier-free
+   guidance the batch is [unconditional, conditional] and only the second half is used; without guidance the
+   whole batch is conditional). The attention mask, if any, is applied as in the layer. They are computed by
+   the fused attention kernel in the layer's dtype (:meth:`AttentionStore.object_probabilities`) and summed
+   in float32.
 2. **Tokens.** Only the columns of the tokens that belong to object words (and their modifiers) are kept,
    J ≤ T columns per sample (:mod:`.prompts` maps words to positions in the text sequence); everything else
    is dropped before it is stored.
@@ -85,7 +87,6 @@ AGGREGATIONS = ("mean", "daam")
 
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^(mid_block)\.")
 _DAAM_LAYER = re.compile(r"^(down_blocks|up_blocks)\.\d+\.attentions\.\d+\.transformer_blocks\.\d+\.attn2\.")
-_CHUNK = 1 << 24  # scores computed at once (floats), so that a large layer's probabilities stay bounded
 
 
 class AttentionStore:
@@ -170,24 +171,22 @@ class AttentionStore:
         offset: int = 0,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """B × heads × N × J: softmax(query keyᵀ · scale [+ mask]) over all keys, in float32, keeping the columns
-        ``offset + columns`` (the text positions' place among the keys); query B × heads × N × d, key
-        B × heads × L × d, both already the conditional rows. Heads are computed a few at a time."""
+        """B × heads × N × J: the probabilities softmax(query keyᵀ · scale [+ mask]) over all keys, at the columns
+        ``offset + columns`` (the text positions' place among the keys); query B × heads × N × d and key
+        B × heads × L × d are already the conditional rows.
+
+        They are computed by the fused attention kernel with one-hot values: attending to a value that is 1 at
+        key j and 0 elsewhere returns the probability of key j, so the N × L matrix is never materialised and
+        the cost is about one more attention call of the layer (values padded to the head size, the shape the
+        kernels are fastest for)."""
         assert self.columns is not None
-        b, heads, n, _ = query.shape
-        index = (self.columns + offset)[:, None, None, :].expand(b, 1, n, -1)
-        step = max(1, _CHUNK // max(1, b * n * key.shape[2]))
-        kept = []
-        for h in range(0, heads, step):
-            scores = torch.matmul(
-                query[:, h : h + step].float(), key[:, h : h + step].float().transpose(-1, -2)
-            )
-            scores = scores * scale
-            if mask is not None:
-                scores = scores + (mask if mask.shape[1] == 1 else mask[:, h : h + step]).float()
-            probs = scores.softmax(dim=-1)
-            kept.append(probs.gather(3, index.expand(-1, probs.shape[1], -1, -1)))
-        return torch.cat(kept, dim=1)
+        b, heads, _, d = query.shape
+        j = self.columns.shape[1]
+        selectors = F.one_hot(self.columns + offset, key.shape[2]).transpose(1, 2)  # B × L × J
+        values = torch.zeros((b, heads, key.shape[2], max(j, d)), dtype=query.dtype, device=query.device)
+        values[..., :j] = selectors[:, None].to(query.dtype)
+        probs = F.scaled_dot_product_attention(query, key, values, attn_mask=mask, scale=scale)
+        return probs[..., :j].float()
 
     def add_cross(self, layer: str, resolution: int, kept: torch.Tensor) -> None:
         """Add the kept probabilities `kept` (B × heads × r² × J, conditional rows) of `layer`."""

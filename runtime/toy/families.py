@@ -4,7 +4,8 @@ Tests and the generation benchmark use them: SD 1.x (:func:`tiny_sd`), SDXL (:fu
 (:func:`tiny_sd3`) and FLUX (:func:`tiny_flux`). Their CLIP tokenizers are the toy model's word-level tokenizer
 (:func:`freeatm.runtime.toy.tokenizer.build_tokenizer`); the T5 side is a SentencePiece-style Unigram model
 (:func:`t5_tokenizer`) that splits some caption words into several pieces ("triangle" → "▁tri", "angle"),
-so that multi-piece words are exercised. ``scale`` widens every component (the benchmark's larger variants).
+so that multi-piece words are exercised. ``scale`` widens the denoiser and the text encoders (the benchmark's
+larger variants; a transformer's width is 64 × scale, in heads of 32 channels).
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ def tiny_sd3(seed: int = 0, scale: int = 1, layers: int = 3) -> Any:
     clip = build_tokenizer()
     t5 = t5_tokenizer()
     transformer = SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=layers, attention_head_dim=8,
-        num_attention_heads=2 * scale, joint_attention_dim=2 * width, caption_projection_dim=16 * scale,
-        pooled_projection_dim=2 * width, pos_embed_max_size=32,
+        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=layers, attention_head_dim=32,
+        num_attention_heads=2 * scale, joint_attention_dim=2 * width, caption_projection_dim=64 * scale,
+        pooled_projection_dim=2 * width, pos_embed_max_size=64,
     )  # fmt: skip
     return _eval(StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -162,8 +163,8 @@ def tiny_flux(seed: int = 0, scale: int = 1, layers: int = 2, single_layers: int
     t5 = t5_tokenizer()
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=layers, num_single_layers=single_layers,
-        attention_head_dim=16, num_attention_heads=2 * scale, joint_attention_dim=32 * scale,
-        pooled_projection_dim=32 * scale, axes_dims_rope=[4, 4, 8], guidance_embeds=True,
+        attention_head_dim=32, num_attention_heads=2 * scale, joint_attention_dim=32 * scale,
+        pooled_projection_dim=32 * scale, axes_dims_rope=[8, 8, 16], guidance_embeds=True,
     )  # fmt: skip
     return _eval(FluxPipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
