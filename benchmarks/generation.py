@@ -22,8 +22,8 @@ Each workload is timed in this one process with the same seeds, the two variants
 The ratio compares the median process CPU time per call on a CPU (one thread: the work done, not the
 neighbours' load on a shared machine; the wall-clock ratio is reported beside it) and wall time on a GPU.
 Peak memory is what the torch profiler saw allocated above the start of one call (CPU allocations; on a GPU,
-``torch.cuda.max_memory_allocated``). Each workload prints ``capture_overhead_ratio`` (capture / plain); the last
-line is a JSON object whose ``capture_overhead_ratio`` is the largest of them.
+``torch.cuda.max_memory_allocated``). Each workload prints ``capture_overhead_ratio`` (capture / plain); the
+last line is a JSON object whose ``capture_overhead_ratio`` is the largest of them.
 """
 
 from __future__ import annotations
@@ -219,7 +219,12 @@ def family_workload(
     return {"plain": run_plain, "capture": run_capture}, batch, setup
 
 
-def measure(name: str, workload: tuple, repeats: int, device: str) -> dict[str, Any]:  # type: ignore[type-arg]
+def measure(
+    name: str,
+    workload: tuple,  # type: ignore[type-arg]
+    repeats: int,
+    device: str,
+) -> dict[str, Any]:
     variants, images, setup = workload
     wall, cpu = interleaved(variants, repeats, device)
     memory = {k: peak_memory(fn, device) for k, fn in variants.items()}
@@ -239,7 +244,8 @@ def measure(name: str, workload: tuple, repeats: int, device: str) -> dict[str, 
     }
     print(
         f"{name:5s} {setup['model']}: plain {images / plain:.2f} img/s, capture {images / capture:.2f} img/s "
-        f"(capture_overhead_ratio {capture / plain:.3f}); peak memory plain {memory['plain'] / 1024:.0f} KiB, "
+        f"(capture_overhead_ratio {capture / plain:.3f}); "
+        f"peak memory plain {memory['plain'] / 1024:.0f} KiB, "
         f"capture {memory['capture'] / 1024:.0f} KiB",
         flush=True,
     )

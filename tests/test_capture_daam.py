@@ -11,6 +11,7 @@ size, clamps at 0 and averages over all of them.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,7 +54,14 @@ class DaamHooker:
     def __init__(self, layer: int, sums: dict) -> None:  # type: ignore[type-arg]
         self.layer, self.sums = layer, sums
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):  # type: ignore[no-untyped-def]
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         probs = attn.get_attention_scores(query, key, None)  # (2 × heads) × hw × T

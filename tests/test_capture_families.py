@@ -4,6 +4,7 @@ the right text positions, block selection, and the bad inputs (exit 65)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_one_map_per_object_word(family: FamilyPipeline) -> None:
         assert sample.soft.shape[0] == len(item.objects) and sample.labels.shape == (16, 16)
 
 
-def _pieces(tokenizer, prompt: str, positions, offset: int = 0, length: int = 77) -> list[str]:  # type: ignore[no-untyped-def]
+def _pieces(tokenizer: Any, prompt: str, positions: tuple[int, ...], offset: int, length: int) -> list[str]:
     ids = tokenizer(prompt, truncation=True, max_length=length)["input_ids"]
     return tokenizer.convert_ids_to_tokens([ids[p - offset] for p in positions])
 
@@ -111,7 +112,7 @@ def test_columns_of_a_multi_piece_word() -> None:
     )  # the toy CLIP tokenizer's 16 positions, then T5
     triangle, circle = locate(ITEMS[0], sd3.text())
     assert triangle.word_tokens == (3, 16 + 2, 16 + 3)
-    assert _pieces(clip.tokenizer, prompt, triangle.word_tokens[:1], length=16) == ["triangle"]
+    assert _pieces(clip.tokenizer, prompt, triangle.word_tokens[:1], 0, 16) == ["triangle"]
     assert _pieces(t5.tokenizer, prompt, triangle.word_tokens[1:], 16, 32) == ["▁tri", "angle"]
     assert triangle.modifier_tokens == (2, 16 + 1)
     assert circle.word_tokens == (7, 16 + 7, 16 + 8)

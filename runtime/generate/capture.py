@@ -7,16 +7,16 @@ and its layer selection; :mod:`.capture_mmdit` holds the SD3 and FLUX processors
 
 How the soft map of a token is aggregated (``attention.aggregation: mean``, the default)
 ------------------------------------------------------------------------------------------
-Let the pipeline run N denoising steps (one denoiser call per step) on a batch of B prompts. For every captured
-layer ℓ — on a UNet a cross-attention ("attn2") layer whose feature map is r_ℓ × r_ℓ with r_ℓ in
+Let the pipeline run N denoising steps (one denoiser call per step) on a batch of B prompts. For every
+captured layer ℓ — on a UNet a cross-attention ("attn2") layer whose feature map is r_ℓ × r_ℓ with r_ℓ in
 ``attention.resolutions``; on a transformer a block in ``attention.blocks``, whose r × r image tokens attend
 jointly with the text tokens (:mod:`.capture_mmdit`) — and every captured step s:
 
-1. **Probabilities.** P = softmax(Q Kᵀ / √d) with the layer's own (normalised) queries Q of the image positions
-   (r_ℓ² of them) and its keys K (the text tokens on a UNet; the whole joint sequence, image and text, on a
-   transformer), d the head size, for the *conditional* rows of the batch only (with classifier-free
-   guidance the batch is [unconditional, conditional] and only the second half is used; without guidance the
-   whole batch is conditional). The attention mask, if any, is applied as in the layer. They are computed by
+1. **Probabilities.** P = softmax(Q Kᵀ / √d) with the layer's own (normalised) queries Q of the image
+   positions (r_ℓ² of them) and its keys K (the text tokens on a UNet; the whole joint sequence, image and
+   text, on a transformer), d the head size, for the *conditional* rows of the batch only (with
+   classifier-free guidance the batch is [unconditional, conditional] and only the second half is used;
+   without guidance the whole batch is conditional). The attention mask, if any, is applied as in the layer. They are computed by
    the fused attention kernel in the layer's dtype (:meth:`AttentionStore.object_probabilities`) and summed
    in float32.
 2. **Tokens.** Only the columns of the tokens that belong to object words (and their modifiers) are kept,
@@ -46,16 +46,16 @@ For a UNet pipeline (exact for SD 1.x/2.x, where DAAM was defined) the store rep
 ``compute_global_heat_map()`` (default arguments: every factor, layer and head, ``normalize=False``):
 
 * **Layers** — DAAM's ``UNetCrossAttentionLocator`` without ``low_memory``: the "attn2" layer of every
-  transformer block of every cross-attention block of ``down_blocks`` and ``up_blocks``; not the mid block, and
-  not a layer whose feature map is latent/8 on a side (DAAM skips its factor 8). ``attention.resolutions``
+  transformer block of every cross-attention block of ``down_blocks`` and ``up_blocks``; not the mid block,
+  and not a layer whose feature map is latent/8 on a side (DAAM skips its factor 8). ``attention.resolutions``
   is not used.
 * **Per step** — each layer's softmax(Q Kᵀ · scale) of the conditional rows, per head (no head average), for
-  the kept columns, added to a running sum per (layer, head): DAAM sums over every step (its maps are sums over
-  time, not means; with the default ``timesteps`` [0, 1] every step is captured, as in DAAM).
+  the kept columns, added to a running sum per (layer, head): DAAM sums over every step (its maps are sums
+  over time, not means; with the default ``timesteps`` [0, 1] every step is captured, as in DAAM).
 * **Combination** — each (layer, head) sum, r × r per token, is upsampled *bicubically* (align_corners=False)
-  to the latent size (DAAM's fixed 64 for a 512-px model, i.e. the latent of its native resolution), clamped at
-  0 ("fixes undershoot"), and the result is the plain mean over all (layer, head) pairs: every head weighs the
-  same, so a layer with more heads weighs more.
+  to the latent size (DAAM's fixed 64 for a 512-px model, i.e. the latent of its native resolution), clamped
+  at 0 ("fixes undershoot"), and the result is the plain mean over all (layer, head) pairs: every head weighs
+  the same, so a layer with more heads weighs more.
 * A word's map is then the mean of its tokens' maps, as DAAM's ``compute_word_heat_map`` does
   (:func:`freeatm.runtime.generate.masks.object_maps`).
 
@@ -67,8 +67,8 @@ token grid, or the latent size under ``daam``), turned into per-object masks by
 :mod:`freeatm.runtime.generate.masks`.
 
 Every layer that is not captured keeps the processor it had (diffusers' fast SDPA processor by default); a
-captured UNet layer computes its output exactly as diffusers' ``AttnProcessor2_0`` does (the same operations on
-the same tensors), so images are identical with and without capture.
+captured UNet layer computes its output exactly as diffusers' ``AttnProcessor2_0`` does (the same operations
+on the same tensors), so images are identical with and without capture.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ class AttentionStore:
     def begin(self, batch_size: int, cfg: bool, columns: torch.Tensor) -> None:
         """Arm the store for one pipeline call; `columns` (B × J, long) are the text positions to keep.
 
-        `columns` must be on the denoiser's device: moving them in every captured layer would block on a GPU."""
+        `columns` must be on the denoiser's device: moving them in every captured layer would block on a
+        GPU."""
         self.armed, self.active = True, False
         self.batch_size, self.cfg = batch_size, cfg
         self.columns = columns
@@ -145,7 +146,8 @@ class AttentionStore:
         self.armed = self.active = False
 
     def next_step(self, total_steps: int) -> None:
-        """Called once per denoiser call: advance the step counter and decide whether this step is captured."""
+        """Called once per denoiser call: advance the step counter and decide whether this step is
+        captured."""
         if not self.armed:
             return
         self.step += 1
@@ -171,9 +173,9 @@ class AttentionStore:
         offset: int = 0,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """B × heads × N × J: the probabilities softmax(query keyᵀ · scale [+ mask]) over all keys, at the columns
-        ``offset + columns`` (the text positions' place among the keys); query B × heads × N × d and key
-        B × heads × L × d are already the conditional rows.
+        """B × heads × N × J: the probabilities softmax(query keyᵀ · scale [+ mask]) over all keys, at the
+        columns ``offset + columns`` (the text positions' place among the keys); query B × heads × N × d and
+        key B × heads × L × d are already the conditional rows.
 
         They are computed by the fused attention kernel with one-hot values: attending to a value that is 1 at
         key j and 0 elsewhere returns the probability of key j, so the N × L matrix is never materialised and
@@ -365,8 +367,8 @@ class CaptureProcessor:
         m = None if mask is None else store.conditional(mask) if mask.shape[0] == query.shape[0] else mask
         if q.shape[2] != self.resolution * self.resolution:
             raise RuntimeError(
-                f"captured layer expected a {self.resolution}x{self.resolution} feature map, got {q.shape[2]} "
-                "positions (non-square images are not supported by capture)"
+                f"captured layer expected a {self.resolution}x{self.resolution} feature map, got "
+                f"{q.shape[2]} positions (non-square images are not supported by capture)"
             )
         if self.kind == "cross":
             store.add_cross(self.name, self.resolution, store.object_probabilities(q, k, attn.scale, mask=m))
@@ -400,11 +402,11 @@ def layer_resolutions(unet: Any, latent_size: int) -> dict[str, int]:
 class InstalledCapture:
     """Capture processors installed on some layers of a denoiser (UNet or transformer), and a step counter.
 
-    ``processors`` maps layer names (keys of ``model.attn_processors``) to the processors to install there; they
-    are installed through ``model.set_attn_processor`` with a dict that keeps every other layer's existing
-    processor, and a forward pre-hook counts denoiser calls. ``scheduler_steps()`` returns the number of steps
-    of the running call (``len(scheduler.timesteps)``). :meth:`remove` (or leaving the ``with`` block) restores
-    the original processors.
+    ``processors`` maps layer names (keys of ``model.attn_processors``) to the processors to install there;
+    they are installed through ``model.set_attn_processor`` with a dict that keeps every other layer's
+    existing processor, and a forward pre-hook counts denoiser calls. ``scheduler_steps()`` returns the
+    number of steps of the running call (``len(scheduler.timesteps)``). :meth:`remove` (or leaving the
+    ``with`` block) restores the original processors.
     """
 
     def __init__(
@@ -434,9 +436,9 @@ class InstalledCapture:
 class Capture(InstalledCapture):
     """Capture on a UNet: ``Capture(unet, store, latent_size, scheduler_steps)``.
 
-    With the ``mean`` aggregation it selects the ``attn2`` layers whose feature map is in ``store.resolutions``
-    (and their ``attn1`` layers when the store refines with self-attention); with ``daam`` it selects DAAM's
-    layers (the module docstring). Each gets a :class:`CaptureProcessor`.
+    With the ``mean`` aggregation it selects the ``attn2`` layers whose feature map is in
+    ``store.resolutions`` (and their ``attn1`` layers when the store refines with self-attention); with
+    ``daam`` it selects DAAM's layers (the module docstring). Each gets a :class:`CaptureProcessor`.
     """
 
     def __init__(
@@ -458,8 +460,8 @@ class Capture(InstalledCapture):
             available = sorted({r for n, r in sizes.items() if n.endswith("attn2.processor")})
             wanted = "DAAM's layers" if store.aggregation == "daam" else f"resolutions {store.resolutions}"
             raise ValueError(
-                f"the model has no cross-attention layer at {wanted} for a {latent_size}x{latent_size} latent; "
-                f"its cross-attention feature maps are {available}"
+                f"the model has no cross-attention layer at {wanted} for a {latent_size}x{latent_size} "
+                f"latent; its cross-attention feature maps are {available}"
             )
         processors = {name: CaptureProcessor(store, r, kind, name) for name, (r, kind) in self.layers.items()}
         super().__init__(unet, store, processors, scheduler_steps)

@@ -2,11 +2,11 @@
 (``FluxTransformer2DModel``).
 
 These models have no separate cross-attention: in every block the image tokens and the text tokens attend
-jointly (MMDiT), over one sequence of keys, image and text. A word's map is the **image-query × text-key block**
-of that attention: the softmax is taken over the whole joint sequence of keys, as the model takes it, and the
-columns of the word's text positions are kept for the image rows. Aggregation is :mod:`.capture`'s (``mean``:
-head average, running sums over the captured (block, step) pairs); every block works on the same r × r token
-grid (the latent divided by the patch size, 2), so there is one resolution.
+jointly (MMDiT), over one sequence of keys, image and text. A word's map is the **image-query × text-key
+block** of that attention: the softmax is taken over the whole joint sequence of keys, as the model takes it,
+and the columns of the word's text positions are kept for the image rows. Aggregation is :mod:`.capture`'s
+(``mean``: head average, running sums over the captured (block, step) pairs); every block works on the same
+r × r token grid (the latent divided by the patch size, 2), so there is one resolution.
 
 Blocks are selected by index (``attention.blocks``, an inclusive range), not by resolution:
 
@@ -79,7 +79,8 @@ class _TokenGrid:
 
     @torch.no_grad()
     def capture(self, query: torch.Tensor, key: torch.Tensor, image: slice, text_offset: int) -> None:
-        """query/key B × heads × L × d of the joint sequence; `image` the image rows; text at `text_offset`."""
+        """query/key B × heads × L × d of the joint sequence; `image` the image rows; text at
+        `text_offset`."""
         store = self.store
         q = store.conditional(query)[:, :, image]
         k = store.conditional(key)
@@ -152,7 +153,8 @@ class SD3CaptureProcessor(_TokenGrid):
 
 
 class FluxCaptureProcessor(_TokenGrid):
-    """``FluxAttnProcessor`` (FLUX's joint and single-stream attention) plus capture of the image × text block.
+    """``FluxAttnProcessor`` (FLUX's joint and single-stream attention) plus capture of the image × text
+    block.
 
     The attention backend and parallel config of the processor it replaces are kept (``_attention_backend``,
     ``_parallel_config``), so the output goes through the same ``dispatch_attention_fn`` call."""

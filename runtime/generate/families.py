@@ -13,8 +13,8 @@ family    pipeline classes                            denoiser       text sequen
 ``flux``  FluxPipeline                                MMDiT          the T5 encoding (``max_sequence_length``)
 ========  ==========================================  =============  ========================================
 
-UNet families are captured by feature-map size (``attention.resolutions``), transformer families by block index
-(``attention.blocks``); see :mod:`.capture` and :mod:`.capture_mmdit`.
+UNet families are captured by feature-map size (``attention.resolutions``), transformer families by block
+index (``attention.blocks``); see :mod:`.capture` and :mod:`.capture_mmdit`.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class FamilyPipeline:
         return self.pipe.transformer if self.transformer else self.pipe.unet
 
     def t5_length(self) -> int:
-        """Tokens of the T5 encoding: the pipeline's ``max_sequence_length`` default, capped by the tokenizer."""
+        """Tokens of the T5 encoding: the pipeline's ``max_sequence_length`` default, capped by the
+        tokenizer."""
         default = inspect.signature(type(self.pipe).__call__).parameters["max_sequence_length"].default
         tokenizer = self.pipe.tokenizer_3 if self.family == "sd3" else self.pipe.tokenizer_2
         limit = getattr(tokenizer, "model_max_length", default) or default

@@ -11,8 +11,8 @@
 
 Object words are located in the prompt as whole words, case-insensitively; the k-th object with a given word
 is its k-th occurrence ("a red circle and a blue circle" has two). A modifier is its nearest occurrence before
-the object word (else after it). Token positions come from the tokenizer's character offsets: every token whose
-characters overlap the word's belongs to it, so a word split into several pieces has several positions.
+the object word (else after it). Token positions come from the tokenizer's character offsets: every token
+whose characters overlap the word's belongs to it, so a word split into several pieces has several positions.
 
 The text sequence the attention sees may join several encodings of the prompt (:class:`TextSegment`): SD3's
 is its CLIP encoding (77 positions) followed by its T5 encoding. A word's positions are then its positions in

@@ -1,7 +1,7 @@
 """Generate a batch of images with their attention masks: the loop shared by datasets, ShapesBench and benchmarks.
 
-The pipeline's family (:mod:`.families`) decides the denoiser captured (UNet or transformer), the text sequence
-object words are located in, the initial noise's shape and the pipeline call's arguments.
+The pipeline's family (:mod:`.families`) decides the denoiser captured (UNet or transformer), the text
+sequence object words are located in, the initial noise's shape and the pipeline call's arguments.
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ class Sampler:
         family, pipe = self.family, self.pipe
         if attention.aggregation == "daam" and family.transformer:
             raise InvalidInput(
-                f"attention.aggregation daam is defined for UNet models (SD 1.x/2.x); this is a {family.family} "
-                "model: use mean"
+                "attention.aggregation daam is defined for UNet models (SD 1.x/2.x); this is a "
+                f"{family.family} model: use mean"
             )
         refine = attention.self_attention_refinement
         if refine and family.transformer:

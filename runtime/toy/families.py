@@ -1,11 +1,11 @@
 """Tiny random-weights pipelines of every family that capture supports, built offline from configs.
 
 Tests and the generation benchmark use them: SD 1.x (:func:`tiny_sd`), SDXL (:func:`tiny_sdxl`), SD3
-(:func:`tiny_sd3`) and FLUX (:func:`tiny_flux`). Their CLIP tokenizers are the toy model's word-level tokenizer
-(:func:`freeatm.runtime.toy.tokenizer.build_tokenizer`); the T5 side is a SentencePiece-style Unigram model
-(:func:`t5_tokenizer`) that splits some caption words into several pieces ("triangle" → "▁tri", "angle"),
-so that multi-piece words are exercised. ``scale`` widens the denoiser and the text encoders (the benchmark's
-larger variants; a transformer's width is 64 × scale, in heads of 32 channels).
+(:func:`tiny_sd3`) and FLUX (:func:`tiny_flux`). Their CLIP tokenizers are the toy model's word-level
+tokenizer (:func:`freeatm.runtime.toy.tokenizer.build_tokenizer`); the T5 side is a SentencePiece-style
+Unigram model (:func:`t5_tokenizer`) that splits some caption words into several pieces ("triangle" → "▁tri",
+"angle"), so that multi-piece words are exercised. ``scale`` widens the denoiser and the text encoders (the
+benchmark's larger variants; a transformer's width is 64 × scale, in heads of 32 channels).
 """
 
 from __future__ import annotations
