@@ -4,8 +4,10 @@ Writes are atomic: a local file is written under a temporary name in the same di
 object only becomes visible once its upload completed. Credentials and endpoint come from the environment, as
 a Secret referenced by the resource sets them (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
 AWS_REGION), so MinIO, Ceph and SeaweedFS work like AWS. boto3 retries throttling and connection errors with
-exponential backoff ("standard" mode); what still fails becomes a TransientError (network) or InvalidInput
-(missing bucket, denied access) with the URI in the message.
+exponential backoff ("standard" mode, FREEATM_S3_MAX_ATTEMPTS attempts); each attempt waits at most
+FREEATM_S3_TIMEOUT seconds (default 60) for the server to answer, so a server that hangs fails as surely as
+one that is gone. What still fails becomes a TransientError (network) or InvalidInput (missing bucket,
+denied access) with the URI in the message.
 """
 
 from __future__ import annotations
@@ -157,8 +159,10 @@ class S3Store:
 
         self.uri, self.bucket, self.prefix = uri.rstrip("/"), bucket, prefix
         attempts = int(os.environ.get("FREEATM_S3_MAX_ATTEMPTS", "5"))
+        timeout = float(os.environ.get("FREEATM_S3_TIMEOUT", "60"))
+        retries = {"max_attempts": attempts, "mode": "standard"}
         self.client = boto3.client(
-            "s3", config=Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=10)
+            "s3", config=Config(retries=retries, connect_timeout=min(timeout, 10), read_timeout=timeout)
         )
 
     def _key(self, key: str) -> str:

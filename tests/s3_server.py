@@ -132,7 +132,8 @@ def weed_binary() -> str | None:
 
 class SeaweedFS:
     """A single-process SeaweedFS (master, volume, filer, S3 gateway) with its data under `workdir`, that a
-    test may stop (SIGKILL: an outage) and start again on the same ports and data, buckets and objects kept."""
+    test may stop (SIGKILL: an outage) and start again on the same ports and data, buckets and objects kept,
+    or freeze (a server that hangs)."""
 
     def __init__(self, workdir: Path, timeout: float = 60.0) -> None:
         weed = weed_binary()
@@ -166,6 +167,11 @@ class SeaweedFS:
     def stop(self) -> None:
         if self.proc is not None:
             _kill(self.proc)
+
+    def freeze(self, frozen: bool = True) -> None:
+        """Stop (SIGSTOP) or continue the server: connections are still accepted, nothing is answered."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
 
 
 @contextlib.contextmanager

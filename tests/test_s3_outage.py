@@ -52,8 +52,11 @@ def weed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SeaweedFS]
         server.stop()
 
 
-def start_runtime(command: str, doc: dict[str, Any], tmp_path: Path, run: str) -> subprocess.Popen[str]:
-    """`freeatm-runtime command` on `doc`, as a pod runs it; its progress and result files are named by `run`."""
+def start_runtime(
+    command: str, doc: dict[str, Any], tmp_path: Path, run: str, **env: str
+) -> subprocess.Popen[str]:
+    """`freeatm-runtime command` on `doc`, as a pod runs it, with `env` added to the environment; its progress
+    and result files are named by `run`."""
     spec = tmp_path / f"{run}.json"
     spec.write_text(json.dumps(doc))
     env = {
@@ -62,6 +65,7 @@ def start_runtime(command: str, doc: dict[str, Any], tmp_path: Path, run: str) -
         "FREEATM_RESULT_FILE": str(tmp_path / f"{run}.result.json"),
         "FREEATM_PROGRESS_FILE": str(tmp_path / f"{run}.progress.jsonl"),
         "FREEATM_PROGRESS_INTERVAL": "0",
+        **env,
     }
     return subprocess.Popen(
         [sys.executable, "-m", "freeatm.runtime.cli", command, "--spec", str(spec)],
@@ -84,14 +88,17 @@ def done(tmp_path: Path, run: str) -> float:
     return 0
 
 
-def outage_when(proc: subprocess.Popen[str], reached: Any, weed: SeaweedFS) -> float:
-    """Stop the server once `reached()` while `proc` runs; the time of the outage."""
+def outage_when(proc: subprocess.Popen[str], reached: Any, weed: SeaweedFS, outage: str = "killed") -> float:
+    """Kill (or freeze) the server once `reached()` while `proc` runs; the time of the outage."""
     deadline = time.monotonic() + RUN_LIMIT
     while not reached():
         assert proc.poll() is None, proc.communicate()[0][-3000:]
         assert time.monotonic() < deadline, "the run did not get far enough in time"
         time.sleep(0.05)
-    weed.stop()
+    if outage == "killed":
+        weed.stop()
+    else:
+        weed.freeze()
     return time.monotonic()
 
 
@@ -149,17 +156,23 @@ def dataset_doc(uri: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_an_outage_mid_generation(tmp_path: Path, weed: SeaweedFS) -> None:
+@pytest.mark.parametrize("outage", ["killed", "frozen"])
+def test_an_outage_mid_generation(tmp_path: Path, weed: SeaweedFS, outage: str) -> None:
+    """A killed server refuses connections; a frozen one accepts them and never answers: each attempt then
+    waits FREEATM_S3_TIMEOUT (2 s here) before the runtime gives up."""
     bucket = f"gen-{uuid.uuid4().hex[:8]}"
     weed.server.create_bucket(bucket)
     out, clean = f"s3://{bucket}/datasets/shapes", f"s3://{bucket}/datasets/clean"
 
-    proc = start_runtime("generate", dataset_doc(out), tmp_path, "first")
-    outage = outage_when(proc, lambda: done(tmp_path, "first") >= 16, weed)  # shard 0 is published
-    assert_transient_exit(proc, outage, tmp_path, "first")
+    proc = start_runtime("generate", dataset_doc(out), tmp_path, "first", FREEATM_S3_TIMEOUT="2")
+    began = outage_when(proc, lambda: done(tmp_path, "first") >= 16, weed, outage)  # shard 0 is published
+    assert_transient_exit(proc, began, tmp_path, "first")
 
-    weed.start()
-    weed.server.client().head_bucket(Bucket=bucket)  # the bucket survived the restart
+    if outage == "killed":
+        weed.start()
+        weed.server.client().head_bucket(Bucket=bucket)  # the bucket survived the restart
+    else:
+        weed.freeze(False)
     assert missing(weed.server, bucket, "datasets/shapes/manifest.json")
     store = open_store(out)
     entries = [json.loads(store.read_bytes(k)) for k in store.list("shards/") if k.endswith(".json")]
