@@ -1,6 +1,7 @@
-"""S3 outages (issue 14): the S3 server of the tests is stopped (SIGKILL) in the middle of a generation and of a
-training. The runtime exits 75 (transient) after its bounded retries, publishes nothing half-done, and its rerun
-after the server is back (same data, same port) completes with the result of a clean run."""
+"""S3 outages (issue 14): the S3 server of the tests is killed (SIGKILL) or frozen (SIGSTOP) in the middle of a
+generation, and killed in the middle of a training. The runtime exits 75 (transient) after its retries, bounded
+in number and time, publishes nothing half-done, and its rerun after the server is back (same data, same port)
+completes with the result of a clean run."""
 
 from __future__ import annotations
 
