@@ -4,8 +4,10 @@
         os.environ.update(server.env)        # AWS_ENDPOINT_URL, keys, region
         server.create_bucket("data")
 
-Every bucket is a SeaweedFS collection that grows its own volumes (several at once), so the server allows
-many small volumes: without that, the third or fourth bucket fails with "No writable volumes" (InternalError).
+Every port is chosen free, and the catalogue listeners on fixed ports (Iceberg 8181, Lance 9101) are off: with
+them a second server (a test's own beside the session's) dies at start. Every bucket is a SeaweedFS collection
+that grows its own volumes (several at once), so the server allows many small volumes: without that, the third
+or fourth bucket fails with "No writable volumes" (InternalError).
 `weed` ignores SIGTERM, so it is stopped with SIGKILL by PID (its own process group, nothing else);
 `SeaweedFS` can start it again on the same ports and data (an outage and its end). When the binary is missing
 or does not come up, `seaweedfs()` raises `S3Unavailable` (tests skip on it). `moto_server()` is the
@@ -147,7 +149,7 @@ class SeaweedFS:
             weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
             "-s3", f"-s3.port={s3}", "-s3.iam=false", "-volume.max=300", "-master.volumeSizeLimitMB=16",
-            "-master.telemetry=false",
+            "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]  # fmt: skip
         self.server = S3Server(f"http://127.0.0.1:{s3}", "seaweedfs", _env(f"http://127.0.0.1:{s3}"))
 
