@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 import freeatm.runtime.generate as generate
 from freeatm.api import parse_resource
 from freeatm.runtime import pretrain
-from freeatm.runtime.errors import EXIT_TRANSIENT
+from freeatm.runtime.errors import EXIT_TRANSIENT, TransientError
 from freeatm.runtime.generate.shards import read_shard
 from freeatm.runtime.pretrain import checkpoint as ckpt
 from freeatm.runtime.storage import open_store
@@ -39,12 +39,13 @@ RUN_LIMIT = 240  # seconds, at most, for any one run of the runtime (the machine
 
 @pytest.fixture
 def weed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SeaweedFS]:
-    """A SeaweedFS of this test's own, started, its endpoint and keys in the environment."""
+    """A SeaweedFS of this test's own, started, its endpoint and keys in the environment (skipped without the
+    binary; one that is installed but does not start fails the test)."""
     try:
         server = SeaweedFS(tmp_path)
-        server.start()
     except S3Unavailable as e:
         pytest.skip(f"no SeaweedFS: {e}")
+    server.start()
     for key, value in server.server.env.items():
         monkeypatch.setenv(key, value)
     try:
@@ -237,3 +238,26 @@ def test_an_outage_mid_training(tmp_path: Path, weed: SeaweedFS, checkpoint_ever
     assert exported.keys() == reference.keys() == {"backbone.pt", "metadata.json"}
     assert exported["backbone.pt"] == reference["backbone.pt"]
     assert json.loads(exported["metadata.json"]) == json.loads(reference["metadata.json"])
+
+
+def test_an_outage_while_resuming_is_transient_not_a_corrupt_checkpoint(
+    weed: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were the checkpoint that cannot be fetched skipped as unreadable, the older ones would be too, and the
+    job would start over from step 0, pruning the checkpoints it could not read."""
+    bucket = f"resume-{uuid.uuid4().hex[:8]}"
+    weed.server.create_bucket(bucket)
+    out = f"s3://{bucket}/runs/a"
+    for step in (1, 2):
+        ckpt.save(out, step, {"model": {"w": torch.zeros(4)}, "specDigest": "sha256:d"})
+    store = ckpt.cached_store(out)
+    read = store.read_bytes
+
+    def outage_then_read(key: str) -> bytes:
+        if key == ckpt.key_for(2):
+            weed.stop()
+        return read(key)
+
+    monkeypatch.setattr(store, "read_bytes", outage_then_read)
+    with pytest.raises(TransientError, match="step-000000002.pt failed after retries"):
+        ckpt.load_latest(out, "sha256:d")

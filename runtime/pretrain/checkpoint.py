@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, RuntimeFailure
 from ..storage import MissingKey
 from .data import cached_store
 
@@ -87,7 +87,8 @@ def steps(output_uri: str) -> list[int]:
 
 def load_latest(output_uri: str, spec_digest: str) -> dict[str, Any] | None:
     """The newest readable checkpoint under `output_uri`, or None. Unreadable ones are skipped with a warning;
-    one written for another spec is an error (its output location belongs to a different job)."""
+    one written for another spec is an error (its output location belongs to a different job), and storage
+    trouble a TransientError: a checkpoint that could not be fetched is not a corrupt one."""
     store = cached_store(output_uri)
     for step in steps(output_uri):
         url = store.url(key_for(step))
@@ -101,7 +102,7 @@ def load_latest(output_uri: str, spec_digest: str) -> dict[str, Any] | None:
         except MissingKey:
             log.warning("skipping unreadable checkpoint %s: it or its sha256 is missing", url)
             continue
-        except InvalidInput:
+        except RuntimeFailure:  # another spec's checkpoint, or storage trouble: not a corrupt checkpoint
             raise
         except Exception as e:  # truncated or corrupt: fall back to an older one
             log.warning("skipping unreadable checkpoint %s: %s: %s", url, type(e).__name__, str(e)[:200])
