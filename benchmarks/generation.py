@@ -1,7 +1,7 @@
 """What attention capture costs: images per second and peak memory with capture vs without.
 
     python benchmarks/generation.py [--batch 16] [--steps 10] [--repeats 3] [--sd] [--quick]
-    python benchmarks/generation.py --family sd15|sdxl|sd3|flux [--family ...] [--scale 4] [--resolution 64]
+    python benchmarks/generation.py --family sd15|sdxl|sd3|flux [--family ...] [--scale 8] [--latent 64]
 
 Each workload is timed in this one process with the same seeds, the two variants interleaved
 (plain, capture, plain, capture, …) after one warm-up of each, the median of the repetitions compared:
@@ -14,8 +14,9 @@ Each workload is timed in this one process with the same seeds, the two variants
   (UNet batch 2), capture of the two resolutions that correspond to SD's default 16×16 and 32×32 at 512 px
   (4×4 and 8×8 here: the same UNet levels);
 * ``sdxl``, ``sd3``, ``flux`` (``--family``) — the whole dataset path of that family's random pipeline
-  (:mod:`freeatm.runtime.toy.families`, every width multiplied by ``--scale``) at ``--resolution`` px with
-  ``--family-steps`` steps and a batch of ``--family-batch``, with each family's default capture (SDXL: the
+  (:mod:`freeatm.runtime.toy.families`, every width multiplied by ``--scale``) at a ``--latent`` × ``--latent``
+  latent (the real ones: 128 for SDXL, SD3 and FLUX at 1024 px) with ``--family-steps`` steps and a batch of
+  ``--family-batch``, with each family's default capture (SDXL: the
   cross-attention layers of the two deepest levels; SD3: every joint block; FLUX: the double-stream blocks),
   guidance 3.5 (classifier-free for SDXL and SD3, FLUX's distilled guidance input).
 
@@ -181,7 +182,7 @@ def sd15_workload(
 
 
 def family_workload(
-    family: str, scale: int, resolution: int, steps: int, batch: int, device: str
+    family: str, scale: int, latent: int, steps: int, batch: int, device: str
 ) -> tuple[dict[str, Callable[[], Any]], int, dict[str, Any]]:
     from freeatm.api.synthetic_dataset import Attention, Generation
     from freeatm.runtime.generate.prompts import ShapesPrompts
@@ -190,11 +191,11 @@ def family_workload(
 
     pipe = BUILDERS[family](seed=0, scale=scale).to(device)
     transformer = family in ("sd3", "flux")
+    resolution = latent * pipe.vae_scale_factor
     generation = Generation(
         images=batch, resolution=resolution, steps=steps, guidance_scale=3.5, batch_size=batch,
         scheduler="flow-euler" if transformer else "ddim",
     )  # fmt: skip
-    latent = resolution // pipe.vae_scale_factor
     attention = Attention(resolutions=[latent // 4, latent // 2], modifiers=True)
     source = ShapesPrompts(0)
     items = [source.item(i) for i in range(batch)]
@@ -261,8 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sd", action="store_true", help="also time the SD-1.5-shaped UNet (slow on a CPU)")
     parser.add_argument("--family", action="append", choices=["sd15", "sdxl", "sd3", "flux"],
                         help="time this family instead of the toy (repeatable)")  # fmt: skip
-    parser.add_argument("--scale", type=int, default=4, help="width multiplier of the family pipelines")
-    parser.add_argument("--resolution", type=int, default=64, help="image size of the family pipelines (px)")
+    parser.add_argument("--scale", type=int, default=8, help="width multiplier of the family pipelines")
+    parser.add_argument("--latent", type=int, default=64, help="latent size of the family pipelines")
     parser.add_argument("--family-steps", type=int, default=4, help="denoising steps of the family pipelines")
     parser.add_argument("--family-batch", type=int, default=2, help="batch of the family pipelines")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
             workload = sd15_workload(16, 2 if args.quick else 3, device)
         else:
             workload = family_workload(
-                family, args.scale, args.resolution, args.family_steps, args.family_batch, device
+                family, args.scale, args.latent, args.family_steps, args.family_batch, device
             )
         results[family] = measure(family, workload, repeats, device)
         ratios.append(results[family]["overhead_ratio"])
