@@ -465,4 +465,3 @@ class Capture(InstalledCapture):
             )
         processors = {name: CaptureProcessor(store, r, kind, name) for name, (r, kind) in self.layers.items()}
         super().__init__(unet, store, processors, scheduler_steps)
-        self.unet = unet

@@ -69,11 +69,6 @@ def set_scheduler(pipe: Any, name: str) -> None:
         raise InvalidInput(f"scheduler {name!r} is not available in this image: {e}") from e
 
 
-def latent_geometry(pipe: Any, resolution: int) -> tuple[int, int]:
-    """(channels, size) of the initial noise for a resolution² image."""
-    return FamilyPipeline.of(pipe).latent_geometry(resolution)
-
-
 class Sampler:
     """Runs the pipeline batch by batch with attention capture (``capture=False``: plain generation)."""
 
