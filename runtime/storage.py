@@ -150,6 +150,20 @@ class LocalStore:
         return join(self.uri, key)
 
 
+def _positive_setting(name: str, default: float) -> float:
+    """A positive number from the environment (the pod template or the shell sets these)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise InvalidInput(f"environment variable {name}={text!r} must be a positive number")
+    return value
+
+
 class S3Store:
     """s3://bucket/prefix through boto3."""
 
@@ -158,8 +172,8 @@ class S3Store:
         from botocore.config import Config
 
         self.uri, self.bucket, self.prefix = uri.rstrip("/"), bucket, prefix
-        attempts = int(os.environ.get("FREEATM_S3_MAX_ATTEMPTS", "5"))
-        timeout = float(os.environ.get("FREEATM_S3_TIMEOUT", "60"))
+        attempts = int(_positive_setting("FREEATM_S3_MAX_ATTEMPTS", 5))
+        timeout = _positive_setting("FREEATM_S3_TIMEOUT", 60)
         retries = {"max_attempts": attempts, "mode": "standard"}
         self.client = boto3.client(
             "s3", config=Config(retries=retries, connect_timeout=min(timeout, 10), read_timeout=timeout)

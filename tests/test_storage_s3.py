@@ -70,3 +70,12 @@ def test_unreachable_endpoint_is_transient(monkeypatch) -> None:  # type: ignore
     store = open_store("s3://bucket/prefix")
     with pytest.raises(TransientError, match="failed after retries"):
         store.write_bytes("k", b"v")
+
+
+@pytest.mark.parametrize("name", ["FREEATM_S3_TIMEOUT", "FREEATM_S3_MAX_ATTEMPTS"])
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "nan", "inf", ""])
+def test_a_bad_retry_setting_is_invalid_input_naming_it(monkeypatch, name: str, value: str) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidInput, match=f"{name}=.* must be a positive number"):
+        open_store("s3://bucket/prefix")
