@@ -34,6 +34,8 @@ _BAD_DATA = (tarfile.TarError, zlib.error, UnicodeDecodeError, json.JSONDecodeEr
 # torch's DataLoader raises a loader process's exception again as the same type, with that process's whole
 # traceback for a message (ExceptionWrapper.reraise in torch/_utils.py).
 _LOADER_PROCESS = re.compile(r"Caught \w+ (in DataLoader worker process \d+)\.\nOriginal Traceback")
+# ...which for an OSError loses its errno: str(OSError(errno, strerror, filename)) is how it is read back.
+_CARRIED_OS_ERROR = re.compile(r"\[Errno (\d+)\] (.*?)(?:: '(.*)')? \((in DataLoader worker process \d+)\)$")
 
 
 class RuntimeFailure(Exception):
@@ -87,4 +89,7 @@ def as_failure(error: BaseException) -> RuntimeFailure | None:
         return InvalidInput(f"bad input data: {type(error).__name__}: {_message(error)}")
     if isinstance(error, OSError) and error.errno is not None:
         return os_failure(error, str(error.filename or "I/O"))
+    if isinstance(error, OSError) and (carried := _CARRIED_OS_ERROR.match(_message(error))):
+        number, reason, filename, process = carried.groups()
+        return os_failure(OSError(int(number), reason), f"{filename or 'I/O'} ({process})")
     return None

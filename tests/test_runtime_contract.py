@@ -181,3 +181,22 @@ def test_an_error_in_a_loader_process_keeps_its_message(raised: BaseException, c
     assert failure is not None and failure.exit_code == code
     assert str(failure).endswith(f"{raised} (in DataLoader worker process 0)")
     assert "Traceback" not in str(failure)
+
+
+@pytest.mark.parametrize(
+    "raised, code",
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "/data/cache/shard-00001.tar"), EXIT_TRANSIENT),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/shard-00001.tar"), EXIT_INVALID),
+    ],
+)
+def test_an_os_error_in_a_loader_process_keeps_its_errno(raised: OSError, code: int) -> None:
+    """The DataLoader rebuilds a loader process's OSError from its traceback text, without its errno: the
+    errno is read back from that text, so the exit code is the documented one, not a bug's."""
+    with pytest.raises(OSError) as info:
+        next(iter(torch.utils.data.DataLoader(_FailingStream(raised), batch_size=None, num_workers=1)))
+    assert info.value.errno is None
+    failure = as_failure(info.value)
+    assert failure is not None and failure.exit_code == code
+    assert str(failure).startswith(f"{raised.filename} (in DataLoader worker process 0): {raised.strerror}")
+    assert "Traceback" not in str(failure)
