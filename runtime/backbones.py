@@ -25,8 +25,10 @@ backbone as a baseline.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,6 +39,8 @@ from freeatm.api.pretrain_job import BACKBONE_GEOMETRY, BACKBONES
 
 from .errors import InvalidInput
 from .storage import MissingKey, join, open_store
+
+log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
 WEIGHTS_FILE = f"{EXPORT_DIR}/backbone.pt"
@@ -152,18 +156,20 @@ def _state_dict_bytes(backbone: Backbone) -> bytes:
 def save_export(backbone: Backbone, metadata: dict[str, Any], output_uri: str) -> str:
     """Write export/backbone.pt and export/metadata.json under `output_uri` (atomically); return the weights URI.
 
-    The metadata is completed with backbone, imageSize and featureDim; the weights are written first, so a
-    metadata.json always describes complete weights.
+    The metadata is completed with backbone, imageSize, featureDim and the weights' sha256 (checked by
+    load_export); the weights are written first, so a metadata.json always describes complete weights.
     """
     store = open_store(output_uri)
+    weights = _state_dict_bytes(backbone)
     meta = {
         **metadata,
         "backbone": backbone.name,
         "imageSize": backbone.image_size,
         "featureDim": backbone.feature_dim,
         "patchSizeOrStride": backbone.patch_size_or_stride,
+        "weightsSha256": hashlib.sha256(weights).hexdigest(),
     }
-    store.write_bytes(WEIGHTS_FILE, _state_dict_bytes(backbone))
+    store.write_bytes(WEIGHTS_FILE, weights)
     store.write_bytes(METADATA_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
     return store.url(WEIGHTS_FILE)
 
@@ -228,10 +234,16 @@ def load_export(uri: str) -> tuple[Backbone, dict[str, Any]]:
     backbone = create_backbone(name, size)
     weights_url = join(root, WEIGHTS_FILE)
     try:
-        state = torch.load(io.BytesIO(store.read_bytes(WEIGHTS_FILE)), map_location="cpu", weights_only=True)
-        backbone.load_state_dict(state)
+        weights = store.read_bytes(WEIGHTS_FILE)
     except MissingKey as e:
         raise InvalidInput(f"{weights_url} does not exist (metadata.json without weights)") from e
+    digest = meta.get("weightsSha256")
+    if digest is None:
+        log.warning("%s: written before exports recorded their sha256; loading it unverified", meta_url)
+    elif hashlib.sha256(weights).hexdigest() != digest:
+        raise InvalidInput(f"{weights_url} is corrupt: its sha256 is not the one {meta_url} records")
+    try:
+        backbone.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
     except (RuntimeError, EOFError, ValueError, KeyError, TypeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InvalidInput(f"{weights_url} does not fit backbone {name} at imageSize {size}: {msg}") from e

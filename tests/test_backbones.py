@@ -111,7 +111,21 @@ def test_bad_exports_name_the_file(tmp_path) -> None:
         load_export(uri)  # an export from before the names carried the stride
     (tmp_path / "job/export/metadata.json").write_text(json.dumps(meta))
     (tmp_path / "job/export/backbone.pt").write_bytes(b"truncated")
-    with pytest.raises(InvalidInput, match="backbone.pt"):
+    with pytest.raises(InvalidInput, match="backbone.pt is corrupt: its sha256 is not the one"):
+        load_export(uri)
+
+
+def test_an_export_with_flipped_bytes_is_refused(tmp_path) -> None:
+    """Bytes flipped inside a tensor leave a file torch loads without complaint: the sha256 in metadata.json
+    is what tells."""
+    uri = f"file://{tmp_path}/job"
+    save_export(create_backbone("resnet_test_os8", 32), {}, uri)
+    weights = tmp_path / "job/export/backbone.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a tensor
+    weights.write_bytes(bytes(data))
+    torch.load(weights, weights_only=True)  # still a readable file
+    with pytest.raises(InvalidInput, match="backbone.pt is corrupt"):
         load_export(uri)
 
 
