@@ -202,3 +202,41 @@ def test_family_loads_from_a_saved_directory(tmp_path) -> None:  # type: ignore[
     model = load_pipeline(f"file://{tmp_path / 'flux'}", device="cpu")
     assert model.family == "flux" and model.identity()["class"] == "FluxPipeline"
     assert isinstance(InstalledCapture, type)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_transformer_dataset_end_to_end(tmp_path, family: str) -> None:  # type: ignore[no-untyped-def]
+    """generate.run on a saved SD3/FLUX pipeline: the family is detected, every object word is placed in the T5
+    sequence up front, and the records carry the multi-piece positions; a block range beyond the model is
+    InvalidInput before any image."""
+    import freeatm.runtime.generate as generate
+    from freeatm.api import parse_resource
+    from freeatm.runtime.generate.shards import read_shard
+    from freeatm.runtime.storage import open_store
+
+    BUILDERS[family]().save_pretrained(tmp_path / "model")
+
+    def resource(output: str, **attention: Any):  # type: ignore[no-untyped-def]
+        spec = {
+            "model": {"uri": f"file://{tmp_path / 'model'}"},
+            "prompts": {"classes": ["triangle", "circle"], "templates": ["a red {}"]},
+            "generation": {"images": 2, "resolution": 32, "steps": 2, "guidanceScale": 3.0, "batchSize": 2,
+                           "shardSize": 2, "scheduler": "flow-euler"},
+            "attention": {"resolutions": [8], "keepSoftMaps": True, **attention},
+            "output": {"uri": output},
+        }  # fmt: skip
+        return parse_resource({"apiVersion": "freeatm.io/v1alpha1", "kind": "SyntheticDataset",
+                               "metadata": {"name": family}, "spec": spec})  # fmt: skip
+
+    with pytest.raises(InvalidInput, match=r"attention.blocks: block range \[0, 9\] is outside"):
+        generate.run(resource(f"file://{tmp_path}/bad", blocks=[0, 9]))
+    outputs = generate.run(resource(f"file://{tmp_path}/ds"))
+    store = open_store(outputs["uri"])
+    manifest = json.loads(store.read_bytes("manifest.json"))
+    assert manifest["model"]["class"] == FAMILY_OF[family]
+    (sample_a, sample_b) = read_shard(store, manifest["shards"][0])
+    t5 = 16 if family == "sd3" else 0  # SD3: the T5 positions follow the 16 CLIP positions
+    clip = [3] if family == "sd3" else []  # "<bos> a red triangle <eos>": the noun at 3
+    assert sample_a.record["objects"][0]["tokenIndices"] == clip + [t5 + 2, t5 + 3]  # ▁tri angle
+    assert sample_b.record["objects"][0]["tokenIndices"] == clip + [t5 + 2, t5 + 3]  # ▁cir cle
+    assert sample_a.soft.shape == (1, 8, 8) and sample_a.mask.shape == (32, 32)
