@@ -12,7 +12,7 @@ import torch
 
 from freeatm.api.synthetic_dataset import Attention, Generation
 from freeatm.runtime.errors import InvalidInput
-from freeatm.runtime.generate.capture import CaptureProcessor, InstalledCapture
+from freeatm.runtime.generate.capture import CaptureProcessor
 from freeatm.runtime.generate.capture_mmdit import FluxCaptureProcessor, SD3CaptureProcessor, block_names
 from freeatm.runtime.generate.families import FamilyPipeline
 from freeatm.runtime.generate.models import load_pipeline
@@ -122,28 +122,36 @@ def test_columns_of_a_multi_piece_word() -> None:
     assert _pieces(segment.tokenizer, prompt, circle.word_tokens, 0, 32) == ["▁cir", "cle"]
 
 
-def test_flux_map_is_the_image_query_text_key_block() -> None:
-    """The stored map of a column equals softmax over the joint keys, image rows, averaged over heads."""
-    family = FamilyPipeline.of(tiny_flux(layers=1, single_layers=1))
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_map_is_the_image_query_text_key_block(name: str) -> None:
+    """The stored map of a column equals softmax over the joint keys, image rows, averaged over heads (SD3's
+    sequence is [image, CLIP, T5], FLUX's [T5, image])."""
+    family = FamilyPipeline.of(
+        BUILDERS[name](layers=1) if name == "sd3" else tiny_flux(layers=1, single_layers=1)
+    )
     generation = _generation(family)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    spied = PROCESSOR[name]
 
-    class Spy(FluxCaptureProcessor):
+    class Spy(spied):  # type: ignore[misc,valid-type]
         def capture(self, query, key, image, text_offset):  # type: ignore[no-untyped-def]
             seen.append((query.detach().clone(), key.detach().clone()))
             super().capture(query, key, image, text_offset)
 
     with Sampler(family.pipe, generation, Attention(blocks=(0, 0))) as sampler:
-        name = sampler.capture.layers[0]
-        original = family.denoiser.attn_processors[name]
-        family.denoiser.transformer_blocks[0].attn.set_processor(Spy(sampler.store, 8, name, original))
+        layer = sampler.capture.layers[0]
+        args = (family.denoiser.attn_processors[layer],) if name == "flux" else ()
+        family.denoiser.transformer_blocks[0].attn.set_processor(Spy(sampler.store, 8, layer, *args))
         _images(sampler)
         maps = sampler.store.maps()
         columns = sampler.store.columns
     expected = 0
-    for query, key in seen:  # B × heads × (T + 64) × d, text first
-        probs = (query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5).softmax(-1)[:, :, -64:]
-        kept = torch.stack([probs[b][..., columns[b]] for b in range(2)]).mean(1)  # B × 64 × J
+    for query, key in seen:  # B (2 × 2 under SD3's guidance) × heads × L × d
+        query, key = query[-2:], key[-2:]  # the conditional rows
+        probs = (query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5).softmax(-1)
+        image = probs[:, :, :64] if name == "sd3" else probs[:, :, -64:]
+        text = columns + (64 if name == "sd3" else 0)
+        kept = torch.stack([image[b][..., text[b]] for b in range(2)]).mean(1)  # B × 64 × J
         expected = expected + kept
     expected = (expected / len(seen)).transpose(1, 2).reshape(2, -1, 8, 8)
     assert len(seen) == 2  # one block, two steps
@@ -201,13 +209,12 @@ def test_family_loads_from_a_saved_directory(tmp_path) -> None:  # type: ignore[
     tiny_flux().save_pretrained(tmp_path / "flux")
     model = load_pipeline(f"file://{tmp_path / 'flux'}", device="cpu")
     assert model.family == "flux" and model.identity()["class"] == "FluxPipeline"
-    assert isinstance(InstalledCapture, type)
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_transformer_dataset_end_to_end(tmp_path, family: str) -> None:  # type: ignore[no-untyped-def]
-    """generate.run on a saved SD3/FLUX pipeline: the family is detected, every object word is placed in the T5
-    sequence up front, and the records carry the multi-piece positions; a block range beyond the model is
+    """generate.run on a saved SD3/FLUX pipeline: the family is detected, every object word is placed in the
+    T5 sequence up front, and the records carry the multi-piece positions; a block range beyond the model is
     InvalidInput before any image."""
     import freeatm.runtime.generate as generate
     from freeatm.api import parse_resource
