@@ -88,8 +88,10 @@ def test_images_identical_with_and_without_capture(family: FamilyPipeline) -> No
 
 def test_one_map_per_object_word(family: FamilyPipeline) -> None:
     generation = _generation(family)
-    with Sampler(family.pipe, generation, Attention(resolutions=[8], mask_resolution=16)) as sampler:
+    attention = Attention(resolutions=[8], mask_resolution=16, timesteps=(0.5, 1.0))
+    with Sampler(family.pipe, generation, attention) as sampler:
         samples = sampler.generate(ITEMS, [0, 1], [5, 6])
+        assert sampler.store.steps_done == [1]  # the window: the second of two steps only
     for item, sample in zip(ITEMS, samples, strict=True):
         assert [o.word for o in sample.objects] == [o.word for o in item.objects]
         assert sample.soft.shape[0] == len(item.objects) and sample.labels.shape == (16, 16)
