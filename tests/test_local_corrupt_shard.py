@@ -10,32 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.local_cli import freeatm_run
+from tests.local_cli import DATASET, PRETRAIN, freeatm_run
 
-DATASET = {
-    "apiVersion": "freeatm.io/v1alpha1",
-    "kind": "SyntheticDataset",
-    "metadata": {"name": "shapes"},
-    "spec": {
-        "model": {"uri": "toy://shapes"},
-        "prompts": {"preset": "shapes"},
-        "generation": {"images": 16, "resolution": 32, "steps": 2, "batchSize": 8, "shardSize": 8},
-        "attention": {"resolutions": [16]},
-        "output": {"uri": "file:///var/freeatm/shapes"},
-    },
-}
-PRETRAIN = {
-    "apiVersion": "freeatm.io/v1alpha1",
-    "kind": "MaskPretrainJob",
-    "metadata": {"name": "baseline"},
-    "spec": {
-        "dataset": {"ref": "shapes"},
-        "method": {"framework": "contrastive", "useMasks": False},
-        "backbone": "vit_test",
-        "training": {"epochs": 1, "batchSize": 8, "imageSize": 32, "checkpointEvery": 1, "loaderWorkers": 0},
-        "output": {"uri": "file:///var/freeatm/baseline"},
-    },
-}
 WAIT = 300  # seconds, at most, for one `freeatm run` (the machine may be loaded)
 EXIT_FAILED = 1  # `freeatm run`: a stage failed
 

@@ -23,31 +23,8 @@ import yaml
 from freeatm.cli import local_run
 from freeatm.cli.workdir import Workdir
 from tests import local_cli
+from tests.local_cli import DATASET, PRETRAIN
 
-DATASET = {
-    "apiVersion": "freeatm.io/v1alpha1",
-    "kind": "SyntheticDataset",
-    "metadata": {"name": "shapes"},
-    "spec": {
-        "model": {"uri": "toy://shapes"},
-        "prompts": {"preset": "shapes"},
-        "generation": {"images": 16, "resolution": 32, "steps": 2, "batchSize": 8, "shardSize": 8},
-        "attention": {"resolutions": [16]},
-        "output": {"uri": "file:///var/freeatm/shapes"},
-    },
-}
-PRETRAIN = {
-    "apiVersion": "freeatm.io/v1alpha1",
-    "kind": "MaskPretrainJob",
-    "metadata": {"name": "baseline"},
-    "spec": {
-        "dataset": {"ref": "shapes"},
-        "method": {"framework": "contrastive", "useMasks": False},
-        "backbone": "vit_test",
-        "training": {"epochs": 1, "batchSize": 8, "imageSize": 32, "checkpointEvery": 1, "loaderWorkers": 0},
-        "output": {"uri": "file:///var/freeatm/baseline"},
-    },
-}
 ENDLESS = 1_000_000  # images: a generation that is still running whenever the test acts
 WAIT = 300  # seconds, at most, for anything the tests wait on
 
