@@ -136,9 +136,12 @@ def test_map_is_the_image_query_text_key_block(name: str) -> None:
     spied = PROCESSOR[name]
 
     class Spy(spied):  # type: ignore[misc,valid-type]
-        def capture(self, query, key, image, text_offset):  # type: ignore[no-untyped-def]
-            seen.append((query.detach().clone(), key.detach().clone()))
-            super().capture(query, key, image, text_offset)
+        def attend_capturing(  # type: ignore[no-untyped-def]
+            self, attend, query, key, value, image, text_offset, heads_dim
+        ):
+            q, k = (query, key) if heads_dim == 1 else (query.transpose(1, 2), key.transpose(1, 2))
+            seen.append((q.detach().clone(), k.detach().clone()))
+            return super().attend_capturing(attend, query, key, value, image, text_offset, heads_dim)
 
     with Sampler(family.pipe, generation, Attention(blocks=(0, 0))) as sampler:
         layer = sampler.capture.layers[0]
@@ -158,6 +161,51 @@ def test_map_is_the_image_query_text_key_block(name: str) -> None:
     expected = (expected / len(seen)).transpose(1, 2).reshape(2, -1, 8, 8)
     assert len(seen) == 2  # one block, two steps
     torch.testing.assert_close(maps, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_transformer_capture_attends_no_extra_rows(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A captured block takes the kept probabilities from its own attention call: torch's SDPA attends as many
+    query rows with capture as without (an extra call for the probabilities would add the image rows)."""
+    family = FamilyPipeline.of(BUILDERS[name]())
+    generation, attention = _generation(family), Attention(modifiers=True)
+    rows = [0]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(query, key, value, *args, **kwargs):  # type: ignore[no-untyped-def]
+        rows[0] += query.shape[0] * query.shape[-2]
+        return sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    with Sampler(family.pipe, generation, attention, capture=False) as plain:
+        _images(plain)
+    plain_rows, rows[0] = rows[0], 0
+    with Sampler(family.pipe, generation, attention) as sampler:
+        _images(sampler)
+        assert sampler.store.steps_done == [0, 1]
+    assert rows[0] == plain_rows
+
+
+def test_flux_backend_outside_sdpa_keeps_its_call() -> None:
+    """Under an attention backend that may not take the padded head size (here torch's math backend, named
+    explicitly), FLUX's block output goes through that backend unchanged and the probabilities come from an
+    extra call: the images and the maps equal those of the default backend."""
+    from diffusers.models.attention_dispatch import attention_backend
+
+    family = FamilyPipeline.of(tiny_flux())
+    generation, attention = _generation(family), Attention(modifiers=True)
+    with Sampler(family.pipe, generation, attention) as sampler:
+        images, maps = _images(sampler), sampler.store.maps()
+    with attention_backend("_native_math"):
+        with Sampler(family.pipe, generation, attention, capture=False) as plain:
+            reference = _images(plain)
+        with Sampler(family.pipe, generation, attention) as sampler:
+            processor = family.denoiser.attn_processors[sampler.capture.layers[0]]
+            assert not processor._selectors_fit()
+            math_images, math_maps = _images(sampler), sampler.store.maps()
+    np.testing.assert_allclose(math_images, reference, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(math_images, images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(math_maps, maps, atol=1e-6, rtol=1e-5)
 
 
 def test_flux_block_range_spans_joint_and_single_blocks() -> None:

@@ -16,9 +16,11 @@ jointly with the text tokens (:mod:`.capture_mmdit`) — and every captured step
    positions (r_ℓ² of them) and its keys K (the text tokens on a UNet; the whole joint sequence, image and
    text, on a transformer), d the head size, for the *conditional* rows of the batch only (with
    classifier-free guidance the batch is [unconditional, conditional] and only the second half is used;
-   without guidance the whole batch is conditional). The attention mask, if any, is applied as in the layer. They are computed by
-   the fused attention kernel in the layer's dtype (:meth:`AttentionStore.object_probabilities`) and summed
-   in float32.
+   without guidance the whole batch is conditional). The attention mask, if any, is applied as in the layer.
+   They are computed by the fused attention kernel in the layer's dtype and summed in float32: on a UNet by
+   one more call with one-hot values (:meth:`AttentionStore.object_probabilities`), on a transformer by the
+   block's own call, its values extended with the one-hot columns
+   (:meth:`AttentionStore.attend_with_selectors`).
 2. **Tokens.** Only the columns of the tokens that belong to object words (and their modifiers) are kept,
    J ≤ T columns per sample (:mod:`.prompts` maps words to positions in the text sequence); everything else
    is dropped before it is stored.
@@ -189,6 +191,50 @@ class AttentionStore:
         values[..., :j] = selectors[:, None].to(query.dtype)
         probs = F.scaled_dot_product_attention(query, key, values, attn_mask=mask, scale=scale)
         return probs[..., :j].float()
+
+    def attend_with_selectors(
+        self,
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, slice, float | None], torch.Tensor],
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        image: slice,
+        offset: int,
+        heads_dim: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the layer's attention output, B × heads × N × J probabilities of the object keys for the image
+        rows `image` of the conditional batch rows) from the layer's own attention call.
+
+        query/key/value are B × … × d with the heads at `heads_dim` (1 or 2) and the sequence at the other;
+        the object keys are at ``offset + columns``. ``attend(q, k, v, rows, scale)`` is the layer's attention
+        on batch rows `rows`. The conditional rows are attended with q and k zero-padded and v extended to
+        d' = d + J rounded up to a multiple of 8, v's extra columns being the one-hot selectors of the object
+        keys: the zeros leave the scores unchanged (the scale stays 1/√d) and softmax does not depend on v, so
+        the output's first d columns are the layer's and the next J the probabilities of the object keys.
+        q, k and v keep one head size because the fused kernels (CPU and CUDA flash) require it; the
+        unconditional rows (under guidance) are attended unchanged."""
+        assert self.columns is not None
+        b, d = query.shape[0], query.shape[-1]
+        j = self.columns.shape[1]
+        padded = -(-(d + j) // 8) * 8
+        cond = slice(b - self.batch_size, b)
+        selectors = F.one_hot(self.columns + offset, key.shape[3 - heads_dim]).transpose(1, 2)  # B × L × J
+        shape = (self.batch_size, *value.shape[1:-1], padded - d)
+        extra = torch.zeros(shape, dtype=value.dtype, device=value.device)
+        extra[..., :j] = selectors.unsqueeze(heads_dim).to(value.dtype)
+        out = attend(
+            F.pad(query[cond], (0, padded - d)),
+            F.pad(key[cond], (0, padded - d)),
+            torch.cat([value[cond], extra], dim=-1),
+            cond,
+            1 / math.sqrt(d),
+        )
+        kept = out[:, :, image, d : d + j] if heads_dim == 1 else out[:, image, :, d : d + j].transpose(1, 2)
+        out = out[..., :d]
+        if cond.start > 0:
+            rest = slice(0, cond.start)
+            out = torch.cat([attend(query[rest], key[rest], value[rest], rest, None), out])
+        return out, kept.float()
 
     def add_cross(self, layer: str, resolution: int, kept: torch.Tensor) -> None:
         """Add the kept probabilities `kept` (B × heads × r² × J, conditional rows) of `layer`."""

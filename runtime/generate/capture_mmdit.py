@@ -22,7 +22,11 @@ Blocks are selected by index (``attention.blocks``, an inclusive range), not by 
 
 Each captured block gets a processor that computes its output exactly as the block's default processor does
 (``JointAttnProcessor2_0`` for SD3, ``FluxAttnProcessor`` for FLUX, including FLUX's attention backend
-dispatch), so images are identical with and without capture.
+dispatch), so images are identical with and without capture. The kept probabilities come out of that same
+attention call (:meth:`.AttentionStore.attend_with_selectors`: the values extended with one-hot columns of the
+object keys, the queries and keys zero-padded to the same head size), so capture adds no attention pass; a
+FLUX block whose attention backend is not torch's fused SDPA (or that runs context-parallel) keeps its call
+as it is and computes the probabilities with one more call (:meth:`.AttentionStore.object_probabilities`).
 """
 
 from __future__ import annotations
@@ -32,11 +36,22 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.attention_dispatch import (
+    AttentionBackendName,
+    _AttentionBackendRegistry,
+    dispatch_attention_fn,
+)
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
 from .capture import AttentionStore, InstalledCapture
+
+_SDPA_BACKENDS = {
+    AttentionBackendName.NATIVE,
+    AttentionBackendName._NATIVE_FLASH,
+    AttentionBackendName._NATIVE_EFFICIENT,
+}
+"""FLUX attention backends that take the selector columns in the block's own call (torch's fused SDPA)."""
 
 
 def block_names(transformer: Any) -> list[str]:
@@ -77,10 +92,26 @@ class _TokenGrid:
             )
         return count
 
+    def attend_capturing(
+        self,
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, slice, float | None], torch.Tensor],
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        image: slice,
+        text_offset: int,
+        heads_dim: int,
+    ) -> torch.Tensor:
+        """The block's attention output, the kept probabilities added to the store on the way
+        (:meth:`AttentionStore.attend_with_selectors`: no extra attention call)."""
+        out, kept = self.store.attend_with_selectors(attend, query, key, value, image, text_offset, heads_dim)
+        self.store.add_cross(self.name, self.grid, kept)
+        return out
+
     @torch.no_grad()
     def capture(self, query: torch.Tensor, key: torch.Tensor, image: slice, text_offset: int) -> None:
-        """query/key B × heads × L × d of the joint sequence; `image` the image rows; text at
-        `text_offset`."""
+        """An extra attention call for the kept probabilities (:meth:`AttentionStore.object_probabilities`);
+        query/key B × heads × L × d of the joint sequence; `image` the image rows; text at `text_offset`."""
         store = self.store
         q = store.conditional(query)[:, :, image]
         k = store.conditional(key)
@@ -130,11 +161,12 @@ class SD3CaptureProcessor(_TokenGrid):
             query = torch.cat([query, context_query], dim=2)
             key = torch.cat([key, context_key], dim=2)
             value = torch.cat([value, context_value], dim=2)
-            if self.store.active:
-                n = self.image_tokens(residual.shape[1])
-                self.capture(query, key, slice(0, n), text_offset=n)
 
-        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        if self.store.active and encoder_hidden_states is not None:
+            n = self.image_tokens(residual.shape[1])
+            hidden_states = self.attend_capturing(_sdpa, query, key, value, slice(0, n), n, heads_dim=1)
+        else:
+            hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
 
@@ -193,21 +225,30 @@ class FluxCaptureProcessor(_TokenGrid):
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
+        def attend(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: slice, scale: float | None
+        ) -> Any:
+            mask = attention_mask
+            if mask is not None and mask.shape[0] == query.shape[0]:
+                mask = mask[rows]
+            return dispatch_attention_fn(
+                q, k, v, attn_mask=mask, scale=scale, backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )  # fmt: skip
+
+        everything = slice(0, query.shape[0])
         if self.store.active:
             # joint blocks: [text, image] built above; single-stream blocks: the block concatenated them
             text = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else None
-            image = self.image_tokens(query.shape[1] - text if text is not None else self.grid * self.grid)
-            start = query.shape[1] - image
-            self.capture(query.transpose(1, 2), key.transpose(1, 2), slice(start, None), text_offset=0)
-
-        hidden_states = dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
+            count = self.image_tokens(query.shape[1] - text if text is not None else self.grid * self.grid)
+            image = slice(query.shape[1] - count, None)
+            if self._selectors_fit():
+                hidden_states = self.attend_capturing(attend, query, key, value, image, 0, heads_dim=2)
+            else:
+                self.capture(query.transpose(1, 2), key.transpose(1, 2), image, text_offset=0)
+                hidden_states = attend(query, key, value, everything, None)
+        else:
+            hidden_states = attend(query, key, value, everything, None)
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.to(query.dtype)
 
@@ -221,6 +262,19 @@ class FluxCaptureProcessor(_TokenGrid):
             encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
             return hidden_states, encoder_hidden_states
         return hidden_states
+
+    def _selectors_fit(self) -> bool:
+        """Whether the block's attention takes the padded head size of the selector columns: torch's SDPA
+        does; other backends may accept only some head sizes (SageAttention: 64 or 128) and get the extra
+        call instead, as does a context-parallel config."""
+        backend = self._attention_backend or _AttentionBackendRegistry.get_active_backend()[0]
+        return self._parallel_config is None and AttentionBackendName(backend) in _SDPA_BACKENDS
+
+
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: slice, scale: float | None
+) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False, scale=scale)
 
 
 class TransformerCapture(InstalledCapture):
