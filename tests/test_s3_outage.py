@@ -5,6 +5,7 @@ completes with the result of a clean run."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from freeatm.runtime.generate.shards import read_shard
 from freeatm.runtime.pretrain import checkpoint as ckpt
 from freeatm.runtime.storage import open_store
 from freeatm.runtime.study import write_shapes_dataset
+from tests.local_cli import DATASET
 from tests.s3_server import S3Server, S3Unavailable, SeaweedFS
 from tests.synthetic_fixture import pretrain_doc
 
@@ -143,18 +145,11 @@ def assert_transient_exit(proc: subprocess.Popen[str], outage: float, tmp_path: 
 
 
 def dataset_doc(uri: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "freeatm.io/v1alpha1",
-        "kind": "SyntheticDataset",
-        "metadata": {"name": "shapes"},
-        "spec": {
-            "model": {"uri": "toy://shapes"},
-            "prompts": {"preset": "shapes"},
-            "generation": {"images": 40, "resolution": 32, "steps": 2, "batchSize": 8, "shardSize": 8},
-            "attention": {"resolutions": [16]},
-            "output": {"uri": uri},
-        },
-    }
+    """The local-mode tests' dataset with 40 images (5 shards: an outage lands mid-run) written to `uri`."""
+    doc = copy.deepcopy(DATASET)
+    doc["spec"]["generation"]["images"] = 40
+    doc["spec"]["output"]["uri"] = uri
+    return doc
 
 
 @pytest.mark.slow

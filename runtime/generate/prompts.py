@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,13 +62,13 @@ class LocatedObject:
         return tuple(sorted(set(self.word_tokens + (self.modifier_tokens if with_modifiers else ()))))
 
 
-class PromptSource:
+class PromptSource(ABC):
     """Maps a sample index to its prompt and object words, deterministically."""
 
     classes: list[str]
 
-    def item(self, index: int) -> PromptItem:
-        raise NotImplementedError
+    @abstractmethod
+    def item(self, index: int) -> PromptItem: ...
 
     def finite_items(self) -> list[PromptItem] | None:
         """Every distinct item when the source is finite (checked up front), else None."""
