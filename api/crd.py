@@ -9,7 +9,9 @@ from .common import GROUP, INT64, VERSION
 from .resources import KINDS, KindInfo
 from .status import Status
 
-_DROP = {"title", "default", "examples", "discriminator"}
+# A null default is pydantic's "optional": the API server would refuse it (the fields are not nullable), and
+# the schema's other defaults are what the API server fills in, so `kubectl explain` and stored objects show them.
+_DROP = {"title", "examples", "discriminator"}
 
 PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
     "SyntheticDataset": [
@@ -69,7 +71,7 @@ def _openapi(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"cannot express anyOf {options} in a structural schema")
     out: dict[str, Any] = {}
     for k, v in schema.items():
-        if k in _DROP:
+        if k in _DROP or (k == "default" and v is None):
             continue
         if k == "properties":
             out[k] = {name: _openapi(sub, defs) for name, sub in v.items()}
@@ -112,6 +114,11 @@ def schema_for(info: KindInfo) -> dict[str, Any]:
     spec = _openapi(full, defs)
     status_full = Status.model_json_schema(by_alias=True, mode="validation")
     status = _openapi(status_full, status_full.pop("$defs", {}))
+    # One condition per type (metav1.Condition's convention): server-side apply merges them by type.
+    status["properties"]["conditions"] |= {
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+    }
     return {
         "type": "object",
         "description": info.model.__doc__,
@@ -130,6 +137,12 @@ def crd_for(kind: str) -> dict[str, Any]:
     """The CustomResourceDefinition of `kind`."""
     info = KINDS[kind]
     columns = [
+        {
+            "name": "Ready",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+            "description": "Status of the Ready condition: True, False or Unknown",
+        },
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase"},
         {
             "name": "Reason",

@@ -51,6 +51,28 @@ def test_schema_is_structural_and_documented(name: str) -> None:
             assert abs(node.get(bound, 0)) <= 2**53, f"{path}.{bound} is not exact as a float64"
 
 
+@pytest.mark.parametrize("name", sorted(all_crds()))
+def test_schema_defaults_are_kept_and_valid(name: str) -> None:
+    """The API server refuses a default its own schema rejects; a null default (pydantic's optional) is one."""
+    schema = all_crds()[name]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    defaults = [(path, node) for path, node in walk(schema) if "default" in node]
+    assert defaults, "the schema keeps the models' defaults"
+    for path, node in defaults:
+        assert node["default"] is not None, path
+        OAS30Validator({k: v for k, v in node.items() if k != "default"}).validate(node["default"])
+
+
+@pytest.mark.parametrize("name", sorted(all_crds()))
+def test_conditions_are_a_map_list_and_ready_is_a_column(name: str) -> None:
+    version = all_crds()[name]["spec"]["versions"][0]
+    conditions = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "type" in conditions["items"]["required"]
+    ready = next(c for c in version["additionalPrinterColumns"] if c["name"] == "Ready")
+    assert ready["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+
+
 def test_crds_pass_kubernetes_validate() -> None:
     out = subprocess.run(
         [
