@@ -7,10 +7,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,20 +42,16 @@ def _samples(dataset_dir: Path, limit: int) -> list[tuple[np.ndarray, np.ndarray
     """(image, label map, record) of the first `limit` samples of a dataset's first shard."""
     from PIL import Image
 
-    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    from freeatm.runtime.dataset_format import MANIFEST, read_shard
+    from freeatm.runtime.storage import open_store
+
+    manifest = json.loads((dataset_dir / MANIFEST).read_text())
     if not manifest.get("shards"):
         return []
-    groups: dict[str, dict[str, bytes]] = defaultdict(dict)
-    with tarfile.open(dataset_dir / manifest["shards"][0]["name"]) as tar:
-        for member in tar.getmembers():
-            key, _, ext = member.name.partition(".")
-            groups[key][ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
     samples = []
-    for key in sorted(groups)[:limit]:
-        g = groups[key]
-        image = np.asarray(Image.open(io.BytesIO(g["png"])).convert("RGB"))
-        mask = np.asarray(Image.open(io.BytesIO(g["mask.png"])).resize(image.shape[1::-1], Image.NEAREST))
-        samples.append((image, mask, json.loads(g["json"])))
+    for sample in read_shard(open_store(f"file://{dataset_dir}"), manifest["shards"][0])[:limit]:
+        mask = Image.fromarray(sample.mask).resize(sample.image.shape[1::-1], Image.NEAREST)
+        samples.append((sample.image, np.asarray(mask), sample.record))
     return samples
 
 

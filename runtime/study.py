@@ -33,7 +33,6 @@ import json
 import math
 import statistics
 import sys
-import tarfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,24 +41,19 @@ from typing import Any
 
 import numpy as np
 
+from .dataset_format import (
+    IMAGE,
+    MASK,
+    RECORD,
+    build_manifest,
+    entry_name,
+    png_bytes,
+    sample_key,
+    shard_name,
+    write_shard,
+)
 from .shapes import COLOURS, Scene, render, shapes_of
 from .storage import open_store
-
-FORMAT = "freeatm.synthetic/v1"
-
-
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime = len(data), 0
-    tar.addfile(info, io.BytesIO(data))
 
 
 def write_shapes_dataset(
@@ -100,67 +94,61 @@ def write_scenes(
     size = scenes[0].image.shape[0]
     shards = []
     for first in range(0, len(scenes), shard_size):
-        buf = io.BytesIO()
         count = min(shard_size, len(scenes) - first)
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for index in range(first, first + count):
-                scene = scenes[index]
-                labels = scene.label_map() if label_maps is None else label_maps[index]
-                key = f"{index:08d}"
-                _add(tar, f"{key}.png", _png(scene.image))
-                objects = []
-                position = 1
-                for label, obj in enumerate(scene.objects, start=1):
-                    position += 1  # "a"
-                    objects.append(
-                        {
-                            "word": obj.shape,
-                            "label": label,
-                            "class": obj.shape,
-                            "modifiers": [obj.colour],
-                            "tokenIndices": [position, position + 1],
-                            "coverage": round(float((labels == label).mean()), 4),
-                        }
-                    )
-                    position += 3  # colour, shape, "and"
-                if masks:
-                    _add(tar, f"{key}.mask.png", _png(labels.astype(np.uint8)))
-                record = {
-                    "index": index,
-                    "seed": seed,
-                    "prompt": scene.caption,
-                    "objects": objects,
-                    "maskCoverage": round(float(labels.astype(bool).mean()), 4),
-                }
-                _add(tar, f"{key}.json", json.dumps(record).encode())
-        data = buf.getvalue()
-        name = f"shards/shard-{first // shard_size:05d}.tar"
-        entry = {
-            "name": name,
-            "samples": count,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data),
-        }
-        store.write_bytes(name, data)
-        store.write_bytes(name.replace(".tar", ".json"), json.dumps(entry).encode())
+        samples = []
+        for index in range(first, first + count):
+            scene = scenes[index]
+            labels = scene.label_map() if label_maps is None else label_maps[index]
+            members = {IMAGE: png_bytes(scene.image)}
+            objects = []
+            position = 1
+            for label, obj in enumerate(scene.objects, start=1):
+                position += 1  # "a"
+                objects.append(
+                    {
+                        "word": obj.shape,
+                        "label": label,
+                        "class": obj.shape,
+                        "modifiers": [obj.colour],
+                        "tokenIndices": [position, position + 1],
+                        "coverage": round(float((labels == label).mean()), 4),
+                    }
+                )
+                position += 3  # colour, shape, "and"
+            if masks:
+                members[MASK] = png_bytes(labels.astype(np.uint8))
+            record = {
+                "index": index,
+                "seed": seed,
+                "prompt": scene.caption,
+                "objects": objects,
+                "maskCoverage": round(float(labels.astype(bool).mean()), 4),
+            }
+            members[RECORD] = json.dumps(record).encode()
+            samples.append((sample_key(index), members))
+        buf = io.BytesIO()
+        sha256, nbytes = write_shard(buf, samples)
+        shard = first // shard_size
+        entry = {"name": shard_name(shard), "samples": count, "sha256": sha256, "bytes": nbytes}
+        store.write_bytes(entry["name"], buf.getvalue())
+        store.write_bytes(entry_name(shard), json.dumps(entry).encode())
         shards.append(entry)
     recipe = f"shapesbench:{seed}:{len(scenes)}:{size}" + (
         "" if variant == "plain" and mask_source == "true" else f":{variant}:{mask_source}"
     )
-    doc = {
-        "format": FORMAT,
-        "specDigest": "sha256:" + hashlib.sha256(recipe.encode()).hexdigest(),
-        "images": len(scenes),
-        "resolution": size,
-        "maskResolution": size,
-        "shardSize": shard_size,
-        "hasMasks": masks,
-        "hasSoftMaps": False,
-        "classes": list(shapes_of(variant)),
-        "shards": shards,
-        "generator": {"name": "shapesbench", "version": "1", "colours": list(COLOURS)},
-        "model": {"uri": "shapesbench://render", "class": "render_scene", "digest": None},
-    }
+    doc = build_manifest(
+        spec_digest="sha256:" + hashlib.sha256(recipe.encode()).hexdigest(),
+        images=len(scenes),
+        resolution=size,
+        mask_resolution=size,
+        shard_size=shard_size,
+        has_masks=masks,
+        has_soft_maps=False,
+        classes=list(shapes_of(variant)),
+        shards=shards,
+        generator={"name": "shapesbench", "version": "1", "colours": list(COLOURS)},
+        model={"uri": "shapesbench://render", "class": "render_scene", "digest": None},
+    )
     if variant != "plain" or mask_source != "true":
         doc["generator"] |= {"variant": variant, "masks": mask_source}
     if manifest:

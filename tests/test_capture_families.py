@@ -268,7 +268,7 @@ def test_transformer_dataset_end_to_end(tmp_path, family: str) -> None:  # type:
     InvalidInput before any image."""
     import freeatm.runtime.generate as generate
     from freeatm.api import parse_resource
-    from freeatm.runtime.generate.shards import read_shard
+    from freeatm.runtime.dataset_format import read_shard
     from freeatm.runtime.storage import open_store
 
     BUILDERS[family]().save_pretrained(tmp_path / "model")

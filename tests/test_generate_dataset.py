@@ -18,8 +18,8 @@ import torch
 
 import freeatm.runtime.generate as generate
 from freeatm.api import parse_resource
+from freeatm.runtime.dataset_format import read_shard
 from freeatm.runtime.errors import InvalidInput
-from freeatm.runtime.generate.shards import read_shard
 from freeatm.runtime.storage import open_store
 from freeatm.runtime.toy import build_random_pipeline
 

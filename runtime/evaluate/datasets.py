@@ -43,8 +43,8 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..dataset_format import IMAGE, MANIFEST, MASK, RECORD, parse_manifest, verified_samples
 from ..errors import InvalidInput
-from ..shard_reader import verified_samples
 from ..storage import sync_to_cache
 
 Task = Literal["classification", "segmentation", "detection", "retrieval", "objects"]
@@ -70,7 +70,6 @@ ADE20K_CLASSES = 150
 SHAPES_SEEDS = {"train": 1000, "val": 1001, "test": 1002}
 SHAPES_DEFAULT_IMAGES = {"train": 512, "val": 256, "test": 256}
 SHAPES_DEFAULT_SIZE = 32
-SYNTHETIC_FORMAT = "freeatm.synthetic/v1"
 
 
 @dataclass
@@ -588,15 +587,13 @@ def _shapes_sample(scene: Any, names: list[str], task: Task) -> Sample:
 def _synthetic(root: Path, split: str, task: Task) -> Split:
     _need(task, "synthetic", ("objects", "segmentation"))
     base = root / split
-    path = base / "manifest.json"
+    path = base / MANIFEST
     if not path.is_file():
         raise InvalidInput(
-            f"{path}: split {split!r} not found (a synthetic dataset per split: <root>/<split>/manifest.json); "
+            f"{path}: split {split!r} not found (a synthetic dataset per split: <root>/<split>/{MANIFEST}); "
             f"{root} has: {_available(root)}"
         )
-    manifest = _read_json(path)
-    if not isinstance(manifest, dict) or manifest.get("format") != SYNTHETIC_FORMAT:
-        raise InvalidInput(f"{path}: not a synthetic dataset (format is not {SYNTHETIC_FORMAT!r})")
+    manifest = parse_manifest(path.read_bytes(), str(path))
     if not manifest.get("hasMasks"):
         raise InvalidInput(f"{path}: the dataset has no masks (hasMasks: false)")
     classes = [str(c) for c in manifest.get("classes") or []]
@@ -617,15 +614,15 @@ def _synthetic(root: Path, split: str, task: Task) -> Split:
 def _synthetic_sample(raw: dict[str, Any], classes: list[str], task: Task, where: str) -> Sample:
     """A sample of the undecoded tar members `raw`: its image and label map decode on demand."""
     labels = _synthetic_labels(raw, classes, where)
-    for member in ("png", "mask.png"):
+    for member in (IMAGE, MASK):
         if member not in raw:
             raise InvalidInput(f"{where}: no .{member} member")
 
     def image() -> np.ndarray:
-        return _decode(raw["png"], where, "RGB")
+        return _decode(raw[IMAGE], where, "RGB")
 
     def instances() -> np.ndarray:
-        mask = _decode(raw["mask.png"], where, None)
+        mask = _decode(raw[MASK], where, None)
         height, width = image().shape[:2]
         if mask.shape != (height, width):  # masks may be stored at attention.maskResolution
             rows = np.arange(height) * mask.shape[0] // height
@@ -657,7 +654,7 @@ def _decode(data: bytes, where: str, mode: str | None) -> np.ndarray:
 def _synthetic_labels(raw: dict[str, Any], classes: list[str], where: str) -> list[int]:
     """The class index of each object of a sample's record, in label order."""
     try:
-        record = json.loads(raw["json"])
+        record = json.loads(raw[RECORD])
         objects = sorted(record["objects"], key=lambda o: int(o["label"]))
         names = [str(o["class"]) for o in objects]
     except (KeyError, TypeError, ValueError) as e:

@@ -28,6 +28,7 @@ from typing import Any
 
 from freeatm.api import SyntheticDataset
 from freeatm.runtime import metrics
+from freeatm.runtime.dataset_format import entry_name, shard_name, write_shard
 from freeatm.runtime.errors import InvalidInput, TransientError
 from freeatm.runtime.progress import ProgressReporter, reporter
 from freeatm.runtime.storage import Store, open_store
@@ -37,15 +38,7 @@ from .manifest import DatasetContext, check_existing_manifest, intact_entry, spe
 from .models import load_pipeline
 from .prompts import PromptSource, check_source, prompt_source
 from .sampler import Sampler, sample_seed
-from .shards import (
-    entry_name,
-    file_sha256,
-    sample_members,
-    shard_indices,
-    shard_name,
-    worker_shards,
-    write_tar,
-)
+from .shards import sample_members, shard_indices, worker_shards
 
 log = logging.getLogger("freeatm.generate")
 
@@ -148,7 +141,7 @@ def _generate_shard(
     g, a = spec.generation, spec.attention
     indices = list(shard_indices(shard, g.shard_size, g.images))
 
-    def members() -> Iterator[tuple[str, bytes]]:
+    def samples() -> Iterator[tuple[str, dict[str, bytes]]]:
         for start in range(0, len(indices), g.batch_size):
             batch = indices[start : start + g.batch_size]
             began = time.perf_counter()
@@ -156,7 +149,7 @@ def _generate_shard(
             samples = sampler.generate(items, batch, [sample_seed(g.seed, i) for i in batch])
             seconds = (time.perf_counter() - began) / len(batch)
             for sample in samples:
-                yield from sample_members(sample, a.modifiers, a.keep_soft_maps)
+                yield sample_members(sample, a.modifiers, a.keep_soft_maps)
                 metrics.SECONDS_PER_IMAGE.observe(seconds)
                 metrics.MASK_COVERAGE.observe(sample.mask_coverage)
             metrics.IMAGES_GENERATED.inc(len(batch))
@@ -164,8 +157,9 @@ def _generate_shard(
 
     with tempfile.TemporaryDirectory(prefix="freeatm-shard-") as tmp:
         path = Path(tmp) / "shard.tar"
-        write_tar(path, members())
-        entry = ctx.entry(shard, len(indices), file_sha256(path), path.stat().st_size)
+        with path.open("wb") as f:
+            sha256, size = write_shard(f, samples())
+        entry = ctx.entry(shard, len(indices), sha256, size)
         store.upload(path, shard_name(shard))  # atomic: visible only once complete
     store.write_bytes(entry_name(shard), json.dumps(entry, sort_keys=True).encode())
     log.info("published %s (%d samples)", store.url(shard_name(shard)), len(indices))

@@ -10,7 +10,6 @@ function of the entries and the spec, so two workers merging at once write ident
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Collection
@@ -19,16 +18,14 @@ from importlib import metadata
 from typing import Any
 
 from freeatm.api.synthetic_dataset import SyntheticDatasetSpec
+from freeatm.runtime import dataset_format
+from freeatm.runtime.dataset_format import MANIFEST, REPAIR, SHARD_DIR, entry_name, shard_name, shard_samples
 from freeatm.runtime.errors import InvalidInput
-from freeatm.runtime.shard_reader import REPAIR, verified_samples
 from freeatm.runtime.storage import MissingKey, Store
 
-from .shards import SHARD_DIR, entry_name, shard_indices, shard_name
+from .shards import shard_indices
 
 log = logging.getLogger("freeatm.generate")
-
-FORMAT = "freeatm.synthetic/v1"
-MANIFEST = "manifest.json"
 
 
 def canonical(value: Any) -> bytes:
@@ -105,9 +102,7 @@ def done_entry(store: Store, ctx: DatasetContext, shard: int) -> dict[str, Any] 
 def intact(store: Store, entry: dict[str, Any]) -> bool:
     """Whether the shard's tar, read back, matches its entry; a mismatch is logged as a warning."""
     try:
-        verified_samples(
-            io.BytesIO(store.read_bytes(entry["name"])), entry, store.url(entry["name"]), store.uri
-        )
+        shard_samples(store, entry)
     except InvalidInput as e:
         log.warning("regenerating %s: %s", store.url(entry["name"]), str(e).removesuffix(f"; {REPAIR}"))
         return False
@@ -143,18 +138,17 @@ def check_existing_manifest(store: Store, ctx: DatasetContext) -> dict[str, Any]
 def build_manifest(ctx: DatasetContext, entries: list[dict[str, Any]]) -> dict[str, Any]:
     spec = ctx.spec
     g, a = spec.generation, spec.attention
-    return {
-        "format": FORMAT,
-        "specDigest": ctx.spec_digest,
-        "images": g.images,
-        "resolution": g.resolution,
-        "maskResolution": a.mask_resolution or g.resolution,
-        "shardSize": g.shard_size,
-        "hasMasks": True,
-        "hasSoftMaps": a.keep_soft_maps,
-        "classes": ctx.classes,
-        "shards": [{k: e[k] for k in ("name", "samples", "sha256", "bytes")} for e in entries],
-        "generator": {
+    return dataset_format.build_manifest(
+        spec_digest=ctx.spec_digest,
+        images=g.images,
+        resolution=g.resolution,
+        mask_resolution=a.mask_resolution or g.resolution,
+        shard_size=g.shard_size,
+        has_masks=True,
+        has_soft_maps=a.keep_soft_maps,
+        classes=ctx.classes,
+        shards=entries,
+        generator={
             "name": "freeatm",
             "version": generator_version(),
             "scheduler": g.scheduler,
@@ -164,8 +158,8 @@ def build_manifest(ctx: DatasetContext, entries: list[dict[str, Any]]) -> dict[s
             "seed": g.seed,
             "attention": a.to_wire(),
         },
-        "model": ctx.model,
-    }
+        model=ctx.model,
+    )
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import math
 import os
@@ -36,13 +35,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..dataset_format import IMAGE, MANIFEST, MASK, parse_manifest, verified_samples
 from ..errors import InvalidInput, TransientError
-from ..shard_reader import verified_samples
 from ..storage import MissingKey, Store, join, local_path, open_store
 
 log = logging.getLogger("freeatm.pretrain.data")
 
-FORMAT = "freeatm.synthetic/v1"
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CROP_TRIES = 10
@@ -82,19 +80,13 @@ def open_dataset(uri: str, *, need_masks: bool, batch_size: int) -> DatasetInfo:
     """Read and check the dataset at `uri`; InvalidInput with a specific message when it cannot be trained on."""
     store = open_store(uri)
     try:
-        raw = store.read_bytes("manifest.json")
+        raw = store.read_bytes(MANIFEST)
     except MissingKey as e:
         raise InvalidInput(
             f"dataset {uri} has no manifest.json: it is not a dataset written by a SyntheticDataset, or its "
             "generation has not finished"
         ) from e
-    try:
-        manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidInput(f"{join(uri, 'manifest.json')} is not valid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise InvalidInput(f"{join(uri, 'manifest.json')}: format {got!r} is not {FORMAT!r}")
+    manifest = parse_manifest(raw, join(uri, MANIFEST))
     shards = [s for s in manifest.get("shards") or [] if int(s.get("samples", 0)) > 0]
     images = int(manifest.get("images") or 0)
     if images <= 0 or not shards:
@@ -167,7 +159,7 @@ def iter_raw(
     uri: str, shards: list[dict[str, Any]], modulus: int = 1, remainder: int = 0
 ) -> Iterator[dict[str, Any]]:
     """Undecoded samples ({"__key__", "png", "mask.png", "json", …}) of the given manifest shard entries, in
-    order, each shard verified against its entry (shard_reader)."""
+    order, each shard verified against its entry (dataset_format.verified_samples)."""
     for entry in shards:
         shard_uri = join(uri, entry["name"])
         stream = _open_stream(shard_uri)
@@ -192,15 +184,15 @@ def decode(sample: dict[str, Any], want_mask: bool) -> tuple[torch.Tensor, np.nd
     from PIL import Image
 
     where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
-    for member in ("png", "mask.png") if want_mask else ("png",):
+    for member in (IMAGE, MASK) if want_mask else (IMAGE,):
         if member not in sample:
             raise InvalidInput(f"{where} has no .{member} member")
     try:
-        rgb = Image.open(io.BytesIO(sample["png"])).convert("RGB")
+        rgb = Image.open(io.BytesIO(sample[IMAGE])).convert("RGB")
         image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
         if not want_mask:
             return image, None
-        mask_img = Image.open(io.BytesIO(sample["mask.png"]))
+        mask_img = Image.open(io.BytesIO(sample[MASK]))
         if mask_img.size != rgb.size:
             mask_img = mask_img.resize(rgb.size, Image.Resampling.NEAREST)
         return image, np.array(mask_img, dtype=np.uint8)
