@@ -219,7 +219,7 @@ class SecretRef(Model):
     AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, HF_TOKEN)."""
 
     name: str = Field(min_length=1, max_length=253)
-    """Name of the Secret."""
+    """Name of a Secret in the resource's namespace; its keys become environment variables of the workload pods."""
 
 
 OUTPUT_SCHEMES = ("s3", "pvc", "file")
@@ -254,13 +254,13 @@ class Toleration(Model):
     key: str | None = None
     """Taint key the toleration applies to; empty matches all keys."""
     operator: Literal["Exists", "Equal"] | None = None
-    """Exists or Equal (default Equal)."""
+    """Exists (any value of the taint key) or Equal (the value must match); default: Equal."""
     value: str | None = None
     """Taint value the toleration matches (with operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all effects."""
     toleration_seconds: int | None = Field(default=None, ge=0, le=INT64)
-    """How long a NoExecute taint is tolerated."""
+    """Seconds a pod stays on a node after a NoExecute taint it tolerates appears; default: for ever."""
 
     @model_validator(mode="after")
     def _as_the_api_server_checks(self) -> Toleration:
@@ -282,9 +282,10 @@ class Resources(Model):
     """Compute resources of each workload container (core/v1 ResourceRequirements)."""
 
     requests: dict[str, Quantity] = Field(default_factory=dict)
-    """Minimum resources, e.g. {cpu: 4, memory: 16Gi}."""
+    """Resources reserved for each container, as Kubernetes quantities, e.g. {cpu: 4, memory: 16Gi}; default: none."""
     limits: dict[str, Quantity] = Field(default_factory=dict)
-    """Maximum resources, e.g. {nvidia.com/gpu: 1}."""
+    """Most each container may use, as Kubernetes quantities, e.g. {memory: 32Gi}; default: none (a
+    MaskPretrainJob adds nvidia.com/gpu from distributed.gpusPerNode)."""
 
     @field_validator("requests", "limits")
     @classmethod
@@ -317,33 +318,34 @@ class WorkloadSpec(Model):
     """Fields every freeatm resource has: dependencies, scheduling and Job settings."""
 
     depends_on: list[Dependency] = Field(default_factory=list)
-    """Resources that must have Succeeded before this one starts (beside the implicit dependency of a ref)."""
+    """Resources that must have Succeeded before this one starts (beside the implicit dependency of a ref);
+    default: none."""
     on_dependency_failure: Literal["Fail", "Wait"] = "Fail"
     """What to do when a dependency Failed: Fail this resource (reason DependencyFailed) or keep Waiting."""
     image: str | None = None
     """Container image of the workload; default: the operator's configured runtime image."""
     resources: Resources | None = None
-    """Compute resources of each workload container."""
+    """Compute resources of each workload container; default: none requested."""
     node_selector: dict[str, str] = Field(default_factory=dict)
-    """Node labels the workload pods must match."""
+    """Node labels the workload pods must match; default: any node."""
     tolerations: list[Toleration] = Field(default_factory=list)
-    """Taints the workload pods tolerate."""
+    """Taints the workload pods tolerate; default: none."""
     priority_class_name: str | None = None
-    """PriorityClass of the workload pods."""
+    """PriorityClass of the workload pods; default: the cluster's default priority."""
     service_account_name: str | None = None
     """ServiceAccount of the workload pods; default: the chart's runtime ServiceAccount."""
     pod_template: FreeForm | None = None
-    """Pod template overrides (metadata and spec), merged over what the operator renders."""
+    """Pod template overrides (metadata and spec), merged over what the operator renders; default: none."""
     queue_name: str | None = None
-    """Kueue LocalQueue: set as the kueue.x-k8s.io/queue-name label of the Job."""
+    """Kueue LocalQueue: set as the kueue.x-k8s.io/queue-name label of the Job; default: none (not queued)."""
     suspend: bool = False
     """Suspend the workload (its Job is suspended; pods are stopped, progress is kept)."""
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """Retries of a failed pod before the workload fails (bad input fails at once; evictions don't count)."""
     active_deadline_seconds: int | None = Field(default=None, ge=1, le=INT64)
-    """Wall-clock limit of the workload in seconds."""
+    """Wall-clock limit of the workload's Job in seconds, after which it fails; default: no limit."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    """Delete the finished Job (not this resource) after this many seconds."""
+    """Seconds after the Job finished before Kubernetes deletes it (not this resource); default: never."""
 
     @field_validator("node_selector")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from .common import GROUP, INT64, VERSION
@@ -54,6 +55,15 @@ PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
 }
 
 
+def _described(description: str, default: Any) -> str:
+    """The field's docstring on one line, ending with its default: `kubectl explain` shows no schema default."""
+    text = " ".join(description.split())
+    if default is None:
+        return text
+    shown = default if isinstance(default, str) and default else json.dumps(default)
+    return f"{text} Default: {shown}."
+
+
 def _openapi(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """Turn pydantic's JSON Schema into a structural OpenAPI v3 schema: refs inlined, nulls dropped."""
     if "$ref" in schema:
@@ -86,6 +96,8 @@ def _openapi(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[k] = True
         else:
             out[k] = v
+    if "description" in out:
+        out["description"] = _described(out["description"], out.get("default"))
     if out.get("type") == "integer" and out.get("maximum") == INT64:
         # The API server reads schema bounds as float64: 2**63 - 1 rounds up to 2**63, and its int64 conversion
         # overflows to -2**63, refusing every value. `type: integer` is int64 already.

@@ -38,7 +38,7 @@ class CheckpointSource(Model):
     label: str | None = Field(default=None, max_length=63)
     """Column name in the result table; default: the ref or the URI."""
     secret_ref: SecretRef | None = None
-    """Secret with the credentials to read the checkpoint."""
+    """Secret with the credentials to read the checkpoint; default: none."""
 
     @field_validator("uri")
     @classmethod
@@ -75,7 +75,7 @@ class BenchmarkDataset(Model):
     uri: str
     """Dataset root: s3://…, pvc://…, file:///…, or toy://shapesbench/<split>[?variant=plain|clutter&images=N&size=S] (generated deterministically)."""
     secret_ref: SecretRef | None = None
-    """Secret with the credentials to read the dataset."""
+    """Secret with the credentials to read the dataset; default: none."""
     train_split: str = "train"
     """Split the probe or head is trained on."""
     val_split: str = "val"
@@ -95,15 +95,15 @@ class Benchmark(Model):
     name: Literal[PROTOCOLS]  # type: ignore[valid-type]
     """Protocol: linear-probe, knn, semseg (mIoU), detection (COCO mAP), retrieval (recall@K), object-probe (linear probe on features pooled inside each true object mask: top1, balanced_top1) or presence (multi-label mAP of the classes in an image, from its pooled feature)."""
     dataset: BenchmarkDataset
-    """The dataset."""
+    """The dataset the protocol trains on and scores."""
     id: str | None = Field(default=None, pattern=r"^[a-z0-9][-a-z0-9]*$", max_length=63)
     """Unique id of this benchmark in the job; default: the protocol name (set it when a protocol repeats)."""
     epochs: int | None = Field(default=None, ge=1, le=10_000)
-    """Training epochs of the probe or head (default per protocol)."""
+    """Training epochs of the probe or head; default: per protocol."""
     lr: float | None = Field(default=None, gt=0.0, le=100.0)
-    """Learning rate of the probe or head (default per protocol)."""
+    """Learning rate of the probe or head; default: per protocol."""
     batch_size: int = Field(default=64, ge=1, le=4096)
-    """Batch size."""
+    """Images per batch, for feature extraction and for training the probe or head."""
     image_size: int | None = Field(default=None, ge=16, le=2048, multiple_of=8)
     """Input size in pixels; default: the checkpoint's training size."""
     k: int = Field(default=20, ge=1, le=1000)
@@ -111,7 +111,7 @@ class Benchmark(Model):
     finetune: bool = False
     """semseg/detection: fine-tune the backbone instead of freezing it."""
     max_images: int | None = Field(default=None, ge=1, le=INT64)
-    """Use at most this many images per split (quick runs)."""
+    """Use at most this many images per split (quick runs); default: all."""
 
     @model_validator(mode="after")
     def _supported(self) -> Benchmark:

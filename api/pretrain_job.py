@@ -89,7 +89,7 @@ class DatasetSource(Model):
     uri: str | None = None
     """A dataset written by a SyntheticDataset: s3://…, pvc://… or file:///… (holding manifest.json)."""
     secret_ref: SecretRef | None = None
-    """Secret with the credentials to read the dataset."""
+    """Secret with the credentials to read the dataset; default: none."""
 
     @field_validator("uri")
     @classmethod
@@ -170,28 +170,29 @@ class Training(Model):
     epochs: int = Field(default=100, ge=1, le=100_000)
     """Passes over the dataset."""
     batch_size: int = Field(default=256, ge=2, le=65_536)
-    """Global batch size (split over all processes)."""
+    """Global batch size in images, split evenly over all processes."""
     lr: float = Field(default=1e-3, gt=0.0, le=100.0)
     """Base learning rate, for a batch of 256 images: the peak rate is lr × batchSize / 256 (the linear scaling
     rule of SimCLR and MAE), reached after warm-up."""
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
-    """Optimiser."""
+    """Optimisation algorithm: adamw (betas 0.9, 0.95), sgd (momentum 0.9) or lars."""
     weight_decay: float = Field(default=0.05, ge=0.0, le=1.0)
-    """Weight decay."""
+    """Weight-decay coefficient of the weights (biases, norm parameters, tokens and position embeddings are not
+    decayed)."""
     warmup_epochs: float = Field(default=0.0, ge=0.0, le=100_000)
-    """Linear warm-up length in epochs."""
+    """Epochs of linear warm-up from 0 to the peak learning rate (fractions allowed)."""
     schedule: Literal["cosine", "constant"] = "cosine"
-    """Learning-rate schedule after warm-up."""
+    """Learning-rate schedule after warm-up: cosine decays to 0 at the last step; constant keeps the peak rate."""
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     """Autocast precision (fp16/bf16 on GPU)."""
     image_size: int = Field(default=224, ge=16, le=1024, multiple_of=8)
-    """Training crop size in pixels."""
+    """Height and width of the training crops in pixels."""
     checkpoint_every: int = Field(default=500, ge=1, le=INT64)
     """Save a resumable checkpoint every N optimiser steps (and at the end)."""
     seed: int = Field(default=0, ge=0, le=SEED)
-    """Random seed."""
+    """Seed of the weights' initialisation, the crops and the masking: equal seeds on equal data repeat the run."""
     loader_workers: int = Field(default=2, ge=0, le=64)
-    """Data-loading processes per training process."""
+    """Data-loading processes per training process (0 loads in the training process itself)."""
 
     @model_validator(mode="after")
     def _warmup(self) -> Training:
@@ -213,7 +214,7 @@ class MaskPretrainJobSpec(WorkloadSpec):
     """Pretrain a backbone on a synthetic dataset."""
 
     dataset: DatasetSource
-    """The training data."""
+    """The synthetic dataset to train on: a SyntheticDataset's name or its output URI."""
     method: Method = Field(default_factory=Method)
     """Self-supervised method and Free-ATM switches."""
     backbone: Literal[BACKBONES] = "resnet18"  # type: ignore[valid-type]
@@ -222,9 +223,9 @@ class MaskPretrainJobSpec(WorkloadSpec):
     resnet*_os8: stride 8 (3×3 stride-1 stem, no max-pool). The grid is imageSize / (patch or stride) per side;
     mask guidance needs at least 4×4."""
     training: Training = Field(default_factory=Training)
-    """Optimisation settings."""
+    """Optimiser, schedule, batch and crop size, and checkpointing of the training run."""
     distributed: Distributed = Field(default_factory=Distributed)
-    """Data-parallel layout."""
+    """Data-parallel layout: pods and GPUs per pod; default: one CPU process."""
     output: Output
     """Where checkpoints and the final export are written."""
 

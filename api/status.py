@@ -38,7 +38,7 @@ class Progress(Model):
     done: float | None = Field(default=None, ge=0)
     """Units done (images, steps or benchmarks)."""
     total: float | None = Field(default=None, ge=0)
-    """Units in all."""
+    """Units the workload will have done when it finishes."""
     unit: str | None = None
     """What is counted: images, steps or benchmarks."""
     percent: int | None = Field(default=None, ge=0, le=100)
@@ -67,13 +67,13 @@ class ResultRow(Model):
     """One score of an EvalJob."""
 
     checkpoint: str
-    """Checkpoint label."""
+    """Label of the checkpoint scored (spec.checkpoints[].label, or its ref or URI)."""
     benchmark: str
-    """Benchmark id."""
+    """Id of the benchmark run (spec.benchmarks[].id, or its protocol name)."""
     metric: str
     """Metric name, e.g. top1, miou, map, recall@5."""
     value: float
-    """Score."""
+    """The metric's value (accuracies, mIoU, mAP and recall as fractions in [0, 1])."""
 
 
 class Outputs(Model):

@@ -20,9 +20,9 @@ class ModelSource(Model):
     uri: str
     """hf://org/name, s3://bucket/path, pvc://claim/path, file:///path, or toy://shapes (built-in tiny model)."""
     revision: str | None = None
-    """Hub revision (branch, tag or commit) for hf:// models."""
+    """Hub revision (branch, tag or commit) for hf:// models; default: the repository's default branch."""
     secret_ref: SecretRef | None = None
-    """Secret with the credentials to read the model (S3 keys, HF_TOKEN)."""
+    """Secret with the credentials to read the model (S3 keys, HF_TOKEN); default: none (a public model)."""
 
     @field_validator("uri")
     @classmethod
@@ -41,14 +41,14 @@ class Prompts(Model):
     classes: list[str] | None = Field(default=None, min_length=1)
     """Object class names; each prompt is a template filled with one class, which is its object word."""
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}"], min_length=1)
-    """Templates with one {} for the class name (with classes)."""
+    """Templates with one {} for the class name (with classes); default: ["a photo of a {}"]."""
     per_class: int | None = Field(default=None, ge=1, le=100_000_000)
     """With classes: consecutive images per class (image i draws classes[(i // perClass) mod len(classes)]);
     default: generation.images spread evenly over the classes. generation.images stays the total."""
     file: str | None = None
     """JSON-lines file of {"prompt": ..., "objects": [...]} records, each object word occurring in its prompt."""
     negative_prompt: str | None = None
-    """Negative prompt for classifier-free guidance."""
+    """Negative prompt for classifier-free guidance; default: none (the empty prompt)."""
 
     @field_validator("file")
     @classmethod
@@ -79,11 +79,11 @@ class Generation(Model):
     """Sampling settings."""
 
     images: int = Field(default=1000, ge=1, le=100_000_000)
-    """Number of images to generate."""
+    """Number of images to generate, over all workers."""
     resolution: int = Field(default=512, ge=8, le=4096, multiple_of=8)
     """Image height and width in pixels (a multiple of 8)."""
     steps: int = Field(default=30, ge=1, le=1000)
-    """Denoising steps."""
+    """Denoising steps per image (the scheduler's sampling iterations)."""
     guidance_scale: float = Field(default=7.5, ge=0.0, le=50.0)
     """Classifier-free guidance scale; 1.0 or less disables guidance."""
     scheduler: Literal[
@@ -94,11 +94,11 @@ class Generation(Model):
     seed: int = Field(default=0, ge=0, le=SEED)
     """Dataset seed; each image's seed derives from it and the image index, so any shard regenerates identically."""
     batch_size: int = Field(default=4, ge=1, le=1024)
-    """Images per forward pass."""
+    """Images per forward pass of the diffusion model, in each worker."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """Model dtype (float16/bfloat16 on GPU)."""
+    """Floating-point type of the model's weights and activations (float16/bfloat16 on GPU)."""
     shard_size: int = Field(default=256, ge=1, le=100_000)
-    """Samples per output shard (the unit of resumption and of worker parallelism)."""
+    """Images per output shard (the unit of resumption and of worker parallelism)."""
 
 
 class Threshold(Model):
@@ -108,7 +108,7 @@ class Threshold(Model):
     """relative: the object's min–max normalised map ≥ value; fixed: its raw attention probability ≥ value;
     otsu: Otsu's threshold on the normalised map (value unused)."""
     value: float = Field(default=0.5, gt=0.0, lt=1.0)
-    """Threshold in (0, 1)."""
+    """The cut-off the method compares with, in (0, 1); unused by otsu."""
 
 
 class Attention(Model):
@@ -124,7 +124,7 @@ class Attention(Model):
     every joint block (all of SD3's blocks, FLUX's double-stream blocks). A range beyond the loaded model's
     blocks fails the run (exit 65). Unused by UNet models."""
     aggregation: Literal["mean", "daam"] = "mean"
-    """How captured maps are combined. mean (default): head-averaged maps summed per resolution, upsampled
+    """How captured maps are combined. mean: head-averaged maps summed per resolution, upsampled
     bilinearly to the largest captured resolution and averaged over every captured (layer, step). daam: DAAM's
     heat map for UNet models (bicubic upsampling of each layer and head's map to the latent size, clamped at 0,
     every head weighted equally, DAAM's down/up-block layers, summed over the captured steps); not for SD3/FLUX
@@ -138,7 +138,7 @@ class Attention(Model):
     threshold: Threshold = Field(default_factory=Threshold)
     """Thresholding of the normalised maps."""
     mask_resolution: int | None = Field(default=None, ge=8, multiple_of=8)
-    """Size of the stored label masks; default: the image resolution."""
+    """Height and width of the stored label masks in pixels; default: generation.resolution."""
     keep_soft_maps: bool = False
     """Also store the low-resolution soft maps (float16) of every object."""
 
@@ -178,15 +178,15 @@ class SyntheticDatasetSpec(WorkloadSpec):
     """Generate an annotated synthetic dataset."""
 
     model: ModelSource
-    """The diffusion model."""
+    """The text-to-image diffusion pipeline that generates the images."""
     prompts: Prompts
     """Where prompts and their object words come from."""
     generation: Generation = Field(default_factory=Generation)
-    """Sampling settings."""
+    """How many images are sampled, at which size, with which scheduler and seed."""
     attention: Attention = Field(default_factory=Attention)
     """Cross-attention capture and mask settings."""
     workers: int = Field(default=1, ge=1, le=1024)
-    """Worker pods; each generates a contiguous range of shards."""
+    """Worker pods; each generates a contiguous range of shards (at most one worker per shard)."""
     output: Output
     """Where shards and manifest.json are written."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,28 @@ def test_conditions_are_a_map_list_and_ready_is_a_column(name: str) -> None:
     assert "type" in conditions["items"]["required"]
     ready = next(c for c in version["additionalPrinterColumns"] if c["name"] == "Ready")
     assert ready["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+@pytest.mark.parametrize("name", sorted(all_crds()))
+def test_no_description_only_repeats_its_field_name(name: str) -> None:
+    """What `kubectl explain` shows says more than the field's name ("Optimiser." for optimizer does not)."""
+    schema = all_crds()[name]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in walk(schema):
+        field = path.rpartition(".")[2]
+        if path.endswith("]") or not field or field in ("apiVersion", "kind", "metadata"):
+            continue
+        named = words(re.sub(r"(?<=[a-z])(?=[A-Z])", " ", field))
+        text = node["description"].partition(" Default: ")[0]
+        new = [
+            w
+            for w in words(text)
+            if w not in ("a", "an", "the", "of") and w[:5] not in {n[:5] for n in named}
+        ]
+        assert len(new) >= 2, f"{path}: {text!r} only repeats the field's name"
 
 
 def test_crds_pass_kubernetes_validate() -> None:
