@@ -388,7 +388,3 @@ class WorkloadSpec(Model):
                 + "); store them in a Secret and reference it with secretRef: {name: ...}"
             )
         return data
-
-    def explicit_dependencies(self) -> list[tuple[str, str]]:
-        """(kind, name) of every dependency, implicit refs included; kinds override to add their refs."""
-        return [(d.kind, d.name) for d in self.depends_on]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from .common import INT64, Model, Output, SecretRef, WorkloadSpec, check_int_query, check_uri
 from .pretrain_job import BACKBONES
+from .references import RefTo
 from .toy import SHAPESBENCH_PARAMS, check_toy_dataset
 
 CHECKPOINT_SCHEMES = ("s3", "pvc", "file")
@@ -31,7 +32,7 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
 class CheckpointSource(Model):
     """A checkpoint: exactly one of ref (a MaskPretrainJob) or uri."""
 
-    ref: str | None = None
+    ref: Annotated[str | None, RefTo("MaskPretrainJob", keeps_name_in="label")] = None
     """Name of a MaskPretrainJob in the same namespace; its exported checkpoint is used once it has Succeeded."""
     uri: str | None = None
     """Output of a MaskPretrainJob (s3://…, pvc://…, file:///…), or random://BACKBONE for a randomly initialised baseline."""
@@ -148,7 +149,3 @@ class EvalJobSpec(WorkloadSpec):
         if dupes:
             raise ValueError(f"checkpoints repeat {', '.join(dupes)}: give each its own label")
         return self
-
-    def explicit_dependencies(self) -> list[tuple[str, str]]:
-        refs = [("MaskPretrainJob", c.ref) for c in self.checkpoints if c.ref]
-        return refs + super().explicit_dependencies()

@@ -10,8 +10,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from .common import GROUP
-from .graph import describe_cycle, find_cycle
 from .pretrain_job import MaskPretrainJobSpec
+from .references import describe_cycle, find_cycle
 from .resources import KINDS, Resource, UnknownKind, error_lines, parse_resource
 from .yaml_input import InputError, read_documents
 
@@ -142,22 +142,6 @@ def check_outputs(m: Manifests) -> list[Problem]:
     return problems
 
 
-def _reference_paths(resource: Resource) -> list[tuple[str, str, str]]:
-    """(field path, expected kind, name) of every reference the resource makes."""
-    spec: Any = resource.spec
-    refs: list[tuple[str, str, str]] = []
-    if resource.kind == "MaskPretrainJob" and spec.dataset.ref:  # type: ignore[attr-defined]
-        refs.append(("spec.dataset.ref", "SyntheticDataset", spec.dataset.ref))
-    if resource.kind == "EvalJob":  # type: ignore[attr-defined]
-        refs += [
-            (f"spec.checkpoints[{i}].ref", "MaskPretrainJob", c.ref)
-            for i, c in enumerate(spec.checkpoints)
-            if c.ref
-        ]
-    refs += [(f"spec.dependsOn[{i}]", d.kind, d.name) for i, d in enumerate(spec.depends_on)]
-    return refs
-
-
 def check_references(m: Manifests) -> list[Problem]:
     """Missing references (warnings: they may exist in the cluster), references to the wrong kind and cycles."""
     problems: list[Problem] = []
@@ -165,33 +149,17 @@ def check_references(m: Manifests) -> list[Problem]:
     for r in m.resources:
         key = (r.kind, r.metadata.name)  # type: ignore[attr-defined]
         file, label = m.sources[key], f"{key[0]}/{key[1]}"
-        for path, kind, name in _reference_paths(r):
-            if (kind, name) == key:
-                problems.append(Problem("error", file, label, path, "a resource cannot depend on itself"))
-            elif name in names_by_kind[kind]:
+        for ref in r.references():
+            if ref.key == key:
+                problems.append(Problem("error", file, label, ref.path, "a resource cannot depend on itself"))
+            elif ref.name in names_by_kind[ref.kind]:
                 continue
+            elif other := [k for k, names in names_by_kind.items() if ref.name in names]:
+                message = f"{ref.name!r} is of kind {other[0]}, but this field refers to a {ref.kind}"
+                problems.append(Problem("error", file, label, ref.path, message))
             else:
-                other = [k for k, names in names_by_kind.items() if name in names]
-                if other:
-                    problems.append(
-                        Problem(
-                            "error",
-                            file,
-                            label,
-                            path,
-                            f"{name!r} is of kind {other[0]}, but this field refers to a {kind}",
-                        )
-                    )
-                else:
-                    problems.append(
-                        Problem(
-                            "warning",
-                            file,
-                            label,
-                            path,
-                            f"{kind}/{name} is not in these files; it must exist in the cluster",
-                        )
-                    )
+                message = f"{ref.kind}/{ref.name} is not in these files; it must exist in the cluster"
+                problems.append(Problem("warning", file, label, ref.path, message))
     cycle = find_cycle(m.resources)
     if cycle:
         kind, name = cycle[0]

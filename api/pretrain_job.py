@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .common import INT64, SEED, Model, Output, SecretRef, WorkloadSpec, check_uri
+from .references import RefTo
 
 DATASET_SCHEMES = ("s3", "pvc", "file")
 
@@ -84,7 +85,7 @@ def small_grid(backbone: str, image_size: int) -> str | None:
 class DatasetSource(Model):
     """The training data: exactly one of ref (a SyntheticDataset) or uri."""
 
-    ref: str | None = None
+    ref: Annotated[str | None, RefTo("SyntheticDataset")] = None
     """Name of a SyntheticDataset in the same namespace; its status.outputs.uri is read when it has Succeeded."""
     uri: str | None = None
     """A dataset written by a SyntheticDataset: s3://…, pvc://… or file:///… (holding manifest.json)."""
@@ -265,9 +266,3 @@ class MaskPretrainJobSpec(WorkloadSpec):
                 ("spec.backbone", f"{problem} (this baseline trains, but no mask-guided job can match it)")
             ]
         return []
-
-    def explicit_dependencies(self) -> list[tuple[str, str]]:
-        deps = super().explicit_dependencies()
-        if self.dataset.ref:
-            deps.insert(0, ("SyntheticDataset", self.dataset.ref))
-        return deps

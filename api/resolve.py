@@ -1,4 +1,5 @@
-"""Hand a dependency's outputs to its dependents: the resolved resource a workload runs with (DESIGN §4).
+"""Hand a dependency's outputs to its dependents: the resolved resource a workload runs with
+(docs/architecture.md#dependencies).
 
 Used by the operator and by local mode alike, so both resolve references the same way.
 """
@@ -9,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
+from .references import Reference, resolve_references
 from .resources import Resource
 from .status import Outputs
 
@@ -18,25 +20,18 @@ class UnresolvedReference(LookupError):
 
 
 def resolve(resource: Resource, outputs: Mapping[tuple[str, str], Outputs]) -> Resource:
-    """A copy of `resource` with every `ref` replaced by the referenced resource's `status.outputs.uri`.
+    """A copy of `resource` with every implied reference replaced by the referenced resource's
+    `status.outputs.uri`. A checkpoint keeps its ref's name as its label, so result tables show resource names,
+    not URIs."""
 
-    A checkpoint keeps its ref's name as its label, so result tables show resource names, not URIs.
-    """
-
-    def uri_of(kind: str, name: str) -> str:
-        out = outputs.get((kind, name))
+    def uri_of(ref: Reference) -> str:
+        out = outputs.get(ref.key)
         if out is None or not out.uri:
-            raise UnresolvedReference(f"{kind}/{name} has no outputs.uri yet")
+            raise UnresolvedReference(f"{ref.kind}/{ref.name} has no outputs.uri yet")
         return out.uri
 
     resolved = resource.model_copy(deep=True)
-    spec = resolved.spec
-    if resolved.kind == "MaskPretrainJob" and spec.dataset.ref:  # type: ignore[attr-defined]
-        spec.dataset.uri, spec.dataset.ref = uri_of("SyntheticDataset", spec.dataset.ref), None  # type: ignore[attr-defined]
-    if resolved.kind == "EvalJob":  # type: ignore[attr-defined]
-        for c in spec.checkpoints:  # type: ignore[attr-defined]
-            if c.ref:
-                c.label, c.uri, c.ref = c.label or c.ref, uri_of("MaskPretrainJob", c.ref), None
+    resolve_references(resolved.spec, uri_of)
     resolved.status = None
     return resolved
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import reprlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from .common import (
 )
 from .eval_job import EvalJobSpec
 from .pretrain_job import MaskPretrainJobSpec
+from .references import Key, Reference, dependencies, references
 from .status import Status
 from .synthetic_dataset import SyntheticDatasetSpec
 
@@ -65,13 +67,18 @@ class Resource(Model):
     status: Status | None = None
     spec: WorkloadSpec
 
-    def dependencies(self) -> list[tuple[str, str]]:
-        """(kind, name) of every resource this one waits for: implicit refs first, then dependsOn."""
-        seen: list[tuple[str, str]] = []
-        for dep in self.spec.explicit_dependencies():
-            if dep not in seen:
-                seen.append(dep)
-        return seen
+    def references(self) -> list[Reference]:
+        """Every reference this resource makes: implied refs first, then dependsOn."""
+        return references(type(self.spec), self.spec)
+
+    def dependencies(self) -> list[Key]:
+        """(kind, name) of every resource this one waits for: implied refs first, then dependsOn."""
+        return dependencies(self.references())
+
+    @classmethod
+    def stored_references(cls, spec: Mapping[str, Any]) -> list[Reference]:
+        """The references of a stored spec of this kind, also when it does not validate."""
+        return references(cls.model_fields["spec"].annotation, spec)  # type: ignore[arg-type]
 
 
 class SyntheticDataset(Resource):

@@ -43,8 +43,8 @@ from rich.table import Table
 from freeatm.api import KINDS, Resource, Status
 from freeatm.api.common import WorkloadSpec
 from freeatm.api.conditions import now, with_phase
-from freeatm.api.graph import topological_order
 from freeatm.api.manifests import Manifests
+from freeatm.api.references import topological_order
 from freeatm.api.resolve import resolve
 from freeatm.api.status import Outputs
 from freeatm.runtime.errors import EXIT_INVALID

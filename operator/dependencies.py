@@ -1,4 +1,5 @@
-"""Dependencies between resources (DESIGN §4): what a resource waits for, failed dependencies, cycles.
+"""Dependencies between resources (docs/architecture.md#dependencies): what a resource waits for, failed
+dependencies, cycles.
 
 Pure functions over a `lookup(kind, name) -> Summary | None` view of the resources in one namespace (the
 operator's kopf index; a dict in tests and `freeatm validate`).
@@ -10,9 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from freeatm.api.graph import describe_cycle
+from freeatm.api.references import Key, cycle_through, describe_cycle
 
-Key = tuple[str, str]  # (kind, name)
 Summary = Mapping[str, Any]  # {"phase", "reason", "outputs", "deps": [[kind, name], ...]}
 Lookup = Callable[[str, str], Summary | None]
 
@@ -33,31 +33,6 @@ class Verdict:
     message: str = "no dependencies"
 
 
-def find_cycle(start: Key, deps_of: Callable[[Key], list[Key]]) -> list[Key] | None:
-    """A dependency cycle through `start` (start repeated at the end), or None."""
-    path: list[Key] = [start]
-    on_path = {start}
-    visited: set[Key] = set()
-
-    def visit(node: Key) -> list[Key] | None:
-        for dep in deps_of(node):
-            if dep == start:
-                return [*path, start]
-            if dep in on_path or dep in visited:
-                continue
-            path.append(dep)
-            on_path.add(dep)
-            found = visit(dep)
-            if found:
-                return found
-            path.pop()
-            on_path.discard(dep)
-            visited.add(dep)
-        return None
-
-    return visit(start)
-
-
 def summary_deps(summary: Summary | None) -> list[Key]:
     return [(str(k), str(n)) for k, n in (summary or {}).get("deps", [])]
 
@@ -66,7 +41,7 @@ def evaluate(key: Key, deps: list[Key], lookup: Lookup, on_failure: str = "Fail"
     """The verdict for resource `key` whose dependencies are `deps`."""
     if not deps:
         return Verdict()
-    cycle = find_cycle(key, lambda k: deps if k == key else summary_deps(lookup(*k)))
+    cycle = cycle_through(key, lambda k: deps if k == key else summary_deps(lookup(*k)))
     if cycle:
         return Verdict(
             ready=False,

@@ -22,16 +22,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
-from freeatm.api import GROUP, KINDS, VERSION, parse_resource
+from freeatm.api import GROUP, KINDS, VERSION
 from freeatm.api.conditions import now as now_rfc3339
+from freeatm.api.references import dependencies
 
 from . import metrics
 from .dependencies import DEPENDENCY_REASONS, Summary
 from .events import Event, event_object
 from .kube import resource_path
-from .observe import ResourceKey, manifest
+from .observe import ResourceKey
 from .reconcile import Context, delete_workload, job_owner, job_state, reconcile, signature
 from .workload import LABEL_MANAGED_BY, MANAGED_BY, job_name
 
@@ -44,21 +44,9 @@ log = logging.getLogger("freeatm.operator")
 
 
 def raw_dependencies(body: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Dependencies of a stored resource, also when its spec does not validate (refs read directly)."""
-    try:
-        return parse_resource(manifest(body)).dependencies()
-    except (ValidationError, ValueError):
-        spec = body.get("spec") or {}
-        deps: list[tuple[str, str]] = []
-        if isinstance(spec.get("dataset"), dict) and spec["dataset"].get("ref"):
-            deps.append(("SyntheticDataset", str(spec["dataset"]["ref"])))
-        for c in spec.get("checkpoints") or []:
-            if isinstance(c, dict) and c.get("ref"):
-                deps.append(("MaskPretrainJob", str(c["ref"])))
-        for d in spec.get("dependsOn") or []:
-            if isinstance(d, dict) and d.get("kind") in KINDS and d.get("name"):
-                deps.append((d["kind"], str(d["name"])))
-        return list(dict.fromkeys(deps))
+    """Dependencies of a stored resource, also when its spec does not validate."""
+    info = KINDS.get(body.get("kind"))  # type: ignore[arg-type]
+    return dependencies(info.model.stored_references(body.get("spec") or {})) if info else []
 
 
 def summarize(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from freeatm.api import KINDS, MaskPretrainJob, Outputs, Resource, SyntheticDataset, parse_resource
+from freeatm.api.references import dependencies
 from freeatm.api.resolve import UnresolvedReference
 from freeatm.api.resolve import resolve as resolve_references
 from freeatm.runtime.errors import EXIT_INVALID
@@ -341,8 +342,9 @@ def declared_digest(resource: Resource) -> str:
 
 def ref_dependencies(resource: Resource) -> list[tuple[str, str]]:
     """The dependencies whose outputs the workload reads (dataset and checkpoint refs, not plain dependsOn)."""
-    explicit = {(d.kind, d.name) for d in resource.spec.depends_on}  # type: ignore[attr-defined]
-    return [d for d in resource.dependencies() if d not in explicit]
+    refs = resource.references()
+    waited_for = {ref.key for ref in refs if not ref.implied}
+    return [k for k in dependencies(refs) if k not in waited_for]
 
 
 def inputs_digest(resource: Resource, dependency_outputs: DependencyOutputs) -> str | None:

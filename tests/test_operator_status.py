@@ -7,7 +7,8 @@ from openapi_schema_validator import OAS30Validator
 
 from freeatm.api.conditions import get_condition, set_condition
 from freeatm.api.crd import crd_for
-from freeatm.operator.dependencies import evaluate, find_cycle
+from freeatm.api.references import cycle_through
+from freeatm.operator.dependencies import evaluate
 from freeatm.operator.events import event_object, transition_event
 from freeatm.operator.status import Observation, desired_status, outputs_from, parse_pod_result, status_patch
 
@@ -201,7 +202,7 @@ def test_cycles_are_found_and_named():
         status["phase"] == "Failed"
         and get_condition(status["conditions"], "Stalled")["reason"] == "DependencyCycle"
     )
-    assert find_cycle(("X", "1"), lambda k: []) is None
+    assert cycle_through(("X", "1"), lambda k: []) is None
 
 
 def test_events_on_transitions_only():
