@@ -141,27 +141,30 @@ def cycle_through(start: Key, dependencies_of: Callable[[Key], Iterable[Key]]) -
     """A dependency cycle among the resources that are in one with `start`, each depending on the next (starting
     and ending at `start` when it is on the cycle found), or None when `start` is on none. `dependencies_of`
     reads the graph one resource at a time (the operator's index)."""
-    graph: dict[Key, list[Key]] = {}
-    todo = [start]
-    while todo:
-        node = todo.pop()
-        if node not in graph:
-            graph[node] = list(dependencies_of(node))
-            todo += graph[node]
+    graph = _reachable(start, dependencies_of)
+    dependents: dict[Key, list[Key]] = {}
+    for node, deps in graph.items():
+        for dep in deps:
+            dependents.setdefault(dep, []).append(node)
     # The resources in a cycle with start are those it reaches that reach it back.
-    reaches_start = {start}
-    grew = True
-    while grew:
-        grew = False
-        for node, deps in graph.items():
-            if node not in reaches_start and reaches_start.intersection(deps):
-                reaches_start.add(node)
-                grew = True
-    cycle = _cycle({n: [d for d in graph[n] if d in reaches_start] for n in reaches_start})
+    in_cycle = _reachable(start, lambda node: dependents.get(node, []))
+    cycle = _cycle({n: [d for d in graph[n] if d in in_cycle] for n in in_cycle})
     if cycle is None or start not in cycle:
         return cycle
     at = cycle.index(start)
     return cycle[at:-1] + cycle[:at] + [start]
+
+
+def _reachable(start: Key, neighbours: Callable[[Key], Iterable[Key]]) -> dict[Key, list[Key]]:
+    """Every node reachable from `start` (itself included), with its neighbours."""
+    found: dict[Key, list[Key]] = {}
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        if node not in found:
+            found[node] = list(neighbours(node))
+            todo += found[node]
+    return found
 
 
 def _cycle(graph: Mapping[Key, Iterable[Key]]) -> list[Key] | None:
