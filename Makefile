@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e '.[operator,runtime,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[operator,runtime,detection,dev]'
 	touch $@
 
 quickstart: install

@@ -185,6 +185,18 @@ def test_unbuildable_checkpoint_and_bad_dataset_fail_before_any_work(tmp_path: P
     assert not (tmp_path / "o3").exists()
 
 
+def test_detection_without_pycocotools_fails_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # what find_spec sees when it is not installed
+    bench = [{"name": "detection", "dataset": {"format": "shapes", "uri": SHAPES}}]
+    with pytest.raises(
+        InvalidInput, match=r"pycocotools, which is not installed: install freeatm\[detection\]"
+    ):
+        job.run(parse_resource(eval_job(tmp_path / "out", [{"uri": RANDOM}], bench)))  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()
+
+
 def runtime_command() -> list[str]:
     exe = Path(sys.executable).with_name("freeatm-runtime")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "freeatm.runtime.cli"]

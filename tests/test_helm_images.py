@@ -1,5 +1,5 @@
 """The container images (docker/): static checks, since no image can be built here. Names and tags agree with
-the chart's values; the operator image has no torch; the runtime image pins the project's torch."""
+the chart's values; the operator image has no torch; both install the versions constraints.txt pins."""
 
 from __future__ import annotations
 
@@ -59,15 +59,13 @@ def test_operator_image_installs_no_torch():
     assert not [r for r in base if re.match(r"torch\b(?!x)", r)], base
 
 
-def test_runtime_image_pins_the_projects_torch():
-    text = dockerfile("runtime")
-    pins = {
-        p.split("==")[0]: p.split("==")[1] for p in PROJECT["optional-dependencies"]["runtime"] if "==" in p
-    }
-    assert re.search(rf"^ARG TORCH_VERSION={re.escape(pins['torch'])}$", text, re.M)
-    assert re.search(rf"^ARG TORCHVISION_VERSION={re.escape(pins['torchvision'])}$", text, re.M)
-    assert '".[runtime]"' in text
-    assert "freeatm-runtime" in final_stage(text)
+def test_images_install_with_the_projects_constraints():
+    for name, extras in (("operator", "operator"), ("runtime", "runtime,detection")):
+        text = dockerfile(name)
+        installs = re.findall(r"pip install[^\n]*", text)
+        assert installs and all("-c constraints.txt" in line for line in installs), (name, installs)
+        assert f'".[{extras}]"' in text, name
+    assert "freeatm-runtime" in final_stage(dockerfile("runtime"))
 
 
 def test_build_commands_match_the_chart_values():

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +45,6 @@ def test_operator_folder_never_shadows_the_standard_library() -> None:
 
 
 def test_every_subpackage_is_in_the_distribution() -> None:
-    import tomllib
-
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     declared = set(config["packages"])
     mapping = config["package-dir"]
@@ -58,3 +61,65 @@ def test_ruff_is_clean() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     out = subprocess.run([ruff, "check", "."], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def requirements() -> dict[str, list[Requirement]]:
+    """The distribution's requirements by extra ("" for the base ones), as pyproject.toml declares them."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {"": project["dependencies"], **project["optional-dependencies"]}
+    return {extra: [Requirement(r) for r in reqs] for extra, reqs in declared.items()}
+
+
+def test_exact_versions_live_in_the_constraints_file_only() -> None:
+    declared = {r.name: r for reqs in requirements().values() for r in reqs}
+    assert not [str(r) for r in declared.values() if any(s.operator == "==" for s in r.specifier)]
+    pins = [
+        Requirement(line)
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert pins
+    for pin in pins:
+        (version,) = [s.version for s in pin.specifier if s.operator == "=="]
+        assert pin.name in declared, f"constraints.txt pins {pin.name}, which no extra requires"
+        assert declared[pin.name].specifier.contains(version), f"{pin} is outside {declared[pin.name]}"
+
+
+def test_test_and_detection_libraries_are_not_runtime_requirements() -> None:
+    names = {extra: {r.name for r in reqs} for extra, reqs in requirements().items()}
+    assert "torchmetrics" in names["dev"] and "pycocotools" in names["detection"]
+    assert not {"torchmetrics", "pycocotools"} & (names[""] | names["runtime"] | names["operator"])
+    shipped = [p for folder in ("api", "cli", "operator", "runtime") for p in (ROOT / folder).rglob("*.py")]
+    assert not [p for p in shipped if re.search(r"^\s*(from|import) torchmetrics\b", p.read_text(), re.M)]
+
+
+def test_the_runtime_parses_its_arguments_with_argparse() -> None:
+    # One rule: typer is the `freeatm` command's framework (cli/); what runs in the workload pods (runtime/)
+    # returns its exit codes from main() itself, so no CLI framework stands between it and the exit status.
+    imports = re.compile(r"^\s*(from|import) (typer|click)\b", re.M)
+    assert not [p for p in (ROOT / "runtime").rglob("*.py") if imports.search(p.read_text())]
+
+
+def test_the_wheel_builds_quietly_and_ships_the_toy_weights(tmp_path: Path) -> None:
+    for name in ("pyproject.toml", "README.md", "api", "cli", "operator", "runtime"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, tmp_path / name)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", "dist", "."],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "would be ignored" not in out.stdout + out.stderr, out.stdout + out.stderr
+    (wheel,) = (tmp_path / "dist").glob("freeatm-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    weights = {
+        f"freeatm/runtime/toy/{p.relative_to(ROOT / 'runtime' / 'toy').as_posix()}"
+        for p in (ROOT / "runtime" / "toy" / "weights").rglob("*")
+        if p.is_file()
+    }
+    assert weights and weights <= names, sorted(weights - names)

@@ -38,6 +38,7 @@ from .detection import run_detection
 from .objects import run_object_probe, run_presence
 from .report import write_report
 from .retrieval import run_retrieval
+from .scores import require_coco_tools
 from .segmentation import run_semseg
 
 log = logging.getLogger("freeatm.evaluate")
@@ -141,6 +142,8 @@ def open_benchmark(bench: Benchmark) -> tuple[Split, Split]:
 
 def run(resource: EvalJob) -> dict[str, Any]:
     spec = resource.spec
+    if any(bench.name == "detection" for bench in spec.benchmarks):
+        require_coco_tools()
     store = open_store(spec.output.uri)
     checkpoints = []
     for source in spec.checkpoints:

@@ -9,11 +9,14 @@ MultilabelAveragePrecision; the tests check all three.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..errors import InvalidInput
 
 
 def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, k: int = 1) -> float:
@@ -75,6 +78,14 @@ def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float
         steps = recall - torch.cat([torch.zeros(1, dtype=recall.dtype), recall[:-1]])
         aps.append(float((steps * precision).sum()))
     return sum(aps) / len(aps) if aps else 0.0
+
+
+def require_coco_tools() -> None:
+    """InvalidInput unless pycocotools, the detection protocol's scorer (the `detection` extra), is installed."""
+    if importlib.util.find_spec("pycocotools") is None:
+        raise InvalidInput(
+            "the detection protocol scores with pycocotools, which is not installed: install freeatm[detection]"
+        )
 
 
 def coco_map(gt: dict[str, Any], detections: list[dict[str, Any]]) -> dict[str, float]:
