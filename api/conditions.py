@@ -11,9 +11,18 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from .status import CONDITION_TYPES, Status
-
-ACTIVE_PHASES = ("Pending", "Waiting", "Running")
+from .status import Status
+from .vocabulary import (
+    ACTIVE_PHASES,
+    CONDITION_TYPES,
+    DEPENDENCIES_SUCCEEDED,
+    DEPENDENCY_FAILED,
+    NOT_COMPLETE,
+    NOT_FAILED,
+    NOT_SUSPENDED,
+    SUSPENDED,
+    PhaseReason,
+)
 
 
 def now() -> str:
@@ -76,9 +85,9 @@ def phase_conditions(
         ("Ready", succeeded, reason, message),
         ("Reconciling", active, reason, message if active else ""),
         ("Stalled", failed, reason, message if failed else ""),
-        ("Complete", succeeded, reason if succeeded else "NotComplete", message if succeeded else ""),
-        ("Failed", failed, reason if failed else "NotFailed", message if failed else ""),
-        ("Suspended", suspended, "Suspended" if suspended else "NotSuspended", message if suspended else ""),
+        ("Complete", succeeded, reason if succeeded else NOT_COMPLETE, message if succeeded else ""),
+        ("Failed", failed, reason if failed else NOT_FAILED, message if failed else ""),
+        ("Suspended", suspended, SUSPENDED if suspended else NOT_SUSPENDED, message if suspended else ""),
     ]
     out = list(conditions or [])
     for type_, value, why, text in rules:
@@ -86,10 +95,9 @@ def phase_conditions(
     return out
 
 
-def with_phase(
-    status: Status, phase: str, reason: str, message: str = "", generation: int | None = None
-) -> Status:
-    """A copy of `status` in `phase` with its conditions updated (local mode's status writer)."""
+def with_phase(status: Status, outcome: PhaseReason, generation: int | None = None) -> Status:
+    """A copy of `status` in `outcome`'s phase with its conditions updated (local mode's status writer)."""
+    phase, reason, message = outcome
     wire = status.to_wire()
     at = now()
     conditions = phase_conditions(wire.get("conditions"), phase, reason, message, generation, at)
@@ -98,12 +106,12 @@ def with_phase(
             conditions,
             "DependenciesReady",
             "True",
-            "DependenciesSucceeded",
+            DEPENDENCIES_SUCCEEDED,
             "all dependencies Succeeded",
             generation,
             at,
         )
-    elif phase == "Waiting" or reason == "DependencyFailed":
+    elif phase == "Waiting" or reason == DEPENDENCY_FAILED:
         conditions = set_condition(conditions, "DependenciesReady", "False", reason, message, generation, at)
     wire.update(phase=phase, conditions=conditions)
     if generation is not None:

@@ -7,12 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from .common import Model
-
-Phase = Literal["Pending", "Waiting", "Running", "Succeeded", "Failed", "Suspended"]
-PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
-
-# kstatus types (Flux, Argo CD) plus freeatm's own.
-CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "DependenciesReady", "Complete", "Failed", "Suspended")
+from .vocabulary import Phase
 
 
 class Condition(Model):

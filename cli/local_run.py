@@ -47,7 +47,16 @@ from freeatm.api.manifests import Manifests
 from freeatm.api.references import topological_order
 from freeatm.api.resolve import resolve
 from freeatm.api.status import Outputs
-from freeatm.runtime.errors import EXIT_INVALID
+from freeatm.api.vocabulary import (
+    DEPENDENCY_FAILED,
+    EXIT_INVALID,
+    INTERRUPTED,
+    RUNNING,
+    SUCCEEDED,
+    PhaseReason,
+    exit_reason,
+    workload_failed,
+)
 
 from .workdir import UnreadableStatus, Workdir, WorkdirBusy, WorkdirError
 
@@ -155,7 +164,7 @@ def _read_status(workdir: Workdir, stage: Stage, console: Console) -> tuple[Stat
         return Status(phase="Pending"), None
     if status.phase == "Running":  # the run that started it ended without a word: killed
         status = with_phase(
-            status, "Failed", "Interrupted", "its run ended before it finished; rerun to resume"
+            status, PhaseReason("Failed", INTERRUPTED, "its run ended before it finished; rerun to resume")
         )
         workdir.write_status(stage.resource, status, digest)
         console.print(f"[yellow]![/] {stage.kind}/{stage.name} was left running by a run that was killed")
@@ -173,7 +182,9 @@ def _run_stages(stages: list[Stage], workdir: Workdir, force: bool, console: Con
         bad_deps = [d for d in stage.resource.dependencies() if d in failed]
         if bad_deps:
             names = ", ".join(f"{k}/{n}" for k, n in bad_deps)
-            status = with_phase(status, "Failed", "DependencyFailed", f"dependency failed: {names}")
+            status = with_phase(
+                status, PhaseReason("Failed", DEPENDENCY_FAILED, f"dependency failed: {names}")
+            )
             workdir.write_status(stage.resource, status, None)
             console.print(f"[red]✗[/] {stage.kind}/{stage.name}: skipped, dependency failed ({names})")
             failed.add(stage.key)
@@ -200,14 +211,17 @@ def _run_stages(stages: list[Stage], workdir: Workdir, force: bool, console: Con
             )
         resolved = resolve(in_workdir(stage.resource, output_uri), outputs)
         status = with_phase(
-            status, "Running", "Started", f"running freeatm-runtime {KINDS[stage.kind].runtime_command}"
+            status,
+            PhaseReason("Running", RUNNING, f"running freeatm-runtime {KINDS[stage.kind].runtime_command}"),
         )
         status.start_time, status.completion_time, status.outputs = now(), None, None
         workdir.write_status(stage.resource, status, digest)
         try:
             code, result, log = run_stage(stage, resolved, workdir, console)
         except Stopped as e:
-            status = with_phase(status, "Failed", "Interrupted", f"stopped by {e}; rerun to resume")
+            status = with_phase(
+                status, PhaseReason("Failed", INTERRUPTED, f"stopped by {e}; rerun to resume")
+            )
             workdir.write_status(stage.resource, status, digest)
             console.print(
                 f"[yellow]interrupted[/] by {e}: {stage.kind}/{stage.name} left resumable state; "
@@ -219,13 +233,14 @@ def _run_stages(stages: list[Stage], workdir: Workdir, force: bool, console: Con
         if code == 0:
             outputs[stage.key] = Outputs.model_validate(result)
             status.outputs = outputs[stage.key]
-            status = with_phase(status, "Succeeded", "Completed", "workload finished")
+            status = with_phase(
+                status, PhaseReason("Succeeded", SUCCEEDED, f"{stage.kind}/{stage.name} completed")
+            )
             console.print(f"[green]✓[/] {stage.kind}/{stage.name}: done")
         else:
             message = result.get("error") or f"exit code {code}"
-            status = with_phase(
-                status, "Failed", "InvalidInput" if code == EXIT_INVALID else "WorkloadFailed", message
-            )
+            what = f"freeatm-runtime exited with code {code} (local mode does not retry)"
+            status = with_phase(status, workload_failed(exit_reason(code), what, result.get("error")))
             failed.add(stage.key)
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             console.print(

@@ -10,6 +10,8 @@ from typing import Any
 
 import kopf
 
+from freeatm.api.vocabulary import CREATE_FORBIDDEN, JOB_REJECTED, PhaseReason
+
 from .decide import Action, CreateWorkload, DeleteJob, DeleteService, PatchJob
 from .kube import Conflict, Kube, Rejected, resource_path
 from .workload import RESULT_FINALIZER, bind_service
@@ -20,18 +22,20 @@ log = logging.getLogger("freeatm.operator")
 @dataclass
 class Acted:
     job: dict[str, Any] | None = None  # the Job created (or found created by an earlier pass)
-    rejected: tuple[str, str] | None = None  # (reason, message) of a refused create
+    rejected: PhaseReason | None = None  # a refused create
     retry: bool = False  # something should be tried again later
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
 
 
-def rejection(e: Rejected, name: str) -> tuple[tuple[str, str], bool]:
-    """((reason, message), retry) for a refused Job: an invalid Job stays invalid until the spec changes; a
-    forbidden one (quota, admission, RBAC) may pass later, so it is retried with backoff."""
+def rejection(e: Rejected, name: str) -> PhaseReason:
+    """The status of a refused Job: an invalid Job stays invalid until the spec changes (JobRejected); a
+    forbidden one (quota, admission, RBAC) may pass later (CreateForbidden), so it is retried with backoff."""
     if e.status == 403:
-        return ("CreateForbidden", f"the API server refused to create Job {name}: {e.message}"), True
-    return ("JobRejected", f"the API server rejected Job {name} as invalid: {e.message}"), False
+        return PhaseReason(
+            "Failed", CREATE_FORBIDDEN, f"the API server refused to create Job {name}: {e.message}"
+        )
+    return PhaseReason("Failed", JOB_REJECTED, f"the API server rejected Job {name} as invalid: {e.message}")
 
 
 def act(kube: Kube, owner: Mapping[str, Any], actions: list[Action]) -> Acted:
@@ -67,7 +71,8 @@ def _create(
     except Conflict:
         acted.job = kube.get(resource_path("Job", ns, name)) or job
     except Rejected as e:
-        acted.rejected, acted.retry = rejection(e, name)
+        acted.rejected = rejection(e, name)
+        acted.retry = acted.rejected.reason == CREATE_FORBIDDEN
         return
     for service in services:
         bound = bind_service(service, acted.job)

@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from freeatm.api.conditions import get_condition
+from freeatm.api.vocabulary import FINAL_PHASES, JOB_NAME_CONFLICT
 
 from .config import OperatorConfig
 from .observe import Observed
 from .overrides import merge
 from .pending import explain_pending
-from .status import WORKLOAD_FAILURES, Observation, job_finished, parse_pod_result
+from .status import Observation, finished_at, job_finished, parse_pod_result
 from .workload import (
     ANNOTATION_GENERATION,
     ANNOTATION_INPUTS_DIGEST,
@@ -88,16 +88,6 @@ class Plan:
     release: list[dict[str, Any]] = field(default_factory=list)  # pods to unblock after the status write
     requeue_after: float | None = None
     new_run: bool = False  # a new Job replaces the previous run: its progress is reset
-
-
-def finished_here(status: Mapping[str, Any], generation: int | None) -> bool:
-    """Whether the stored status holds the final outcome of this generation (nothing runs again for it)."""
-    reason = (get_condition(status.get("conditions"), "Ready") or {}).get("reason")
-    return (
-        status.get("phase") in ("Succeeded", "Failed")
-        and status.get("observedGeneration") == generation
-        and (status.get("phase") == "Succeeded" or reason in WORKLOAD_FAILURES)
-    )
 
 
 def _annotations(obj: Mapping[str, Any] | None) -> dict[str, str]:
@@ -182,7 +172,7 @@ def decide(obs: Observed, config: OperatorConfig) -> Plan:
     if job is not None:
         labels = (job.get("metadata") or {}).get("labels") or {}
         if labels.get(LABEL_KIND) != kind or labels.get(LABEL_NAME) != name or _controller_uid(job) is None:
-            view.blocked_reason = "JobNameConflict"
+            view.blocked_reason = JOB_NAME_CONFLICT
             view.blocked = f"a Job named {jname} exists that freeatm did not create; delete or rename it"
             return Plan(view, release=finalized(split_pods(obs.pods, job)[1]))
         if obs.uid and _controller_uid(job) != obs.uid:
@@ -206,12 +196,12 @@ def _with_job(obs: Observed, job: dict[str, Any], view: Observation) -> Plan:
     this_generation = generation is None or _annotations(job).get(ANNOTATION_GENERATION) == str(generation)
     finished = job_finished(job)
 
-    if _deleting(job) and not (this_generation and finished and not finished_here(status, generation)):
+    if _deleting(job) and not (this_generation and finished and not finished_at(status, generation)):
         # Going away (replaced, TTL, garbage collection, by hand): only its pods are left to release.
         plan = Plan(view, release=finalized(obs.pods), requeue_after=DELETION_POLL)
         if not this_generation:
             view.replacing = f"waiting for the previous Job {jname} and its pods to be deleted"
-        elif not finished_here(status, generation):
+        elif not finished_at(status, generation):
             view.lost = f"Job {jname} was deleted before it finished; change the spec to run it again"
             plan.requeue_after = None
         return plan
@@ -243,7 +233,7 @@ def _with_job(obs: Observed, job: dict[str, Any], view: Observation) -> Plan:
     mine, stale = split_pods(obs.pods, job)
     plan = Plan(view, actions=actions, release=finalized(stale))
     if finished:
-        if not finished_here(status, generation):
+        if not finished_at(status, generation):
             view.pod_results = pod_results(mine, succeeded_only=finished == "Complete")
         plan.release = finalized(obs.pods)
     elif not (job.get("spec") or {}).get("suspend") and not int((job.get("status") or {}).get("ready") or 0):
@@ -265,14 +255,14 @@ def _without_job(obs: Observed, view: Observation, config: OperatorConfig) -> Pl
     if (
         status.get("jobName")
         and status.get("observedGeneration") == generation
-        and status.get("phase") not in ("Succeeded", "Failed")
+        and status.get("phase") not in FINAL_PHASES
     ):
         view.lost = (
             f"Job {jname} was deleted before its result was read (ttlSecondsAfterFinished, or by hand); "
             "it is not run again for the same spec: change the spec to run it again"
         )
         return plan
-    if finished_here(status, generation) or not obs.verdict.ready:
+    if finished_at(status, generation) or not obs.verdict.ready:
         return plan
     try:
         objects = render(obs.resource, obs.verdict.outputs, config)

@@ -198,9 +198,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
     def follow_job(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         owner = job_owner(body)
-        if owner is None or owner[0] not in KINDS:
+        if owner is None or owner.kind not in KINDS:
             return
-        ns = namespace or "default"
+        ns = owner.namespace
         gone = event.get("type") == "DELETED"
         state = None if gone else job_state(body)
         with ctx.lock:
@@ -212,7 +212,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         else:
             ctx.remember_job(dict(body))
         if changed:
-            wake(ctx, ResourceKey(owner[0], ns, owner[1]), f"Job/{name}")
+            wake(ctx, owner, f"Job/{name}")
 
     def served(**_: Any) -> dict[str, Any]:
         """/healthz: red while the API serves none of the three kinds (CRDs not installed yet, or deleted)."""

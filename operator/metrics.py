@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from freeatm.api import KINDS
-from freeatm.api.status import PHASES
+from freeatm.api.vocabulary import PHASES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

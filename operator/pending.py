@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from freeatm.api.vocabulary import PhaseReason
+
 # Container waiting reasons that keep a pod from running until someone fixes something.
 STUCK_WAITING = (
     "ErrImagePull",
@@ -29,7 +31,7 @@ def pod_condition(pod: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
-def _pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+def _pod_problem(pod: Mapping[str, Any]) -> PhaseReason | None:
     name = (pod.get("metadata") or {}).get("name", "?")
     status = pod.get("status") or {}
     for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
@@ -37,11 +39,13 @@ def _pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
         if waiting.get("reason") in STUCK_WAITING:
             image = f" ({cs['image']})" if cs.get("image") else ""
             detail = waiting.get("message") or waiting["reason"]
-            return waiting["reason"], f"pod {name}, container {cs.get('name')}{image}: {detail}"
+            return PhaseReason(
+                "Pending", waiting["reason"], f"pod {name}, container {cs.get('name')}{image}: {detail}"
+            )
     scheduled = pod_condition(pod, "PodScheduled")
     if scheduled and scheduled.get("status") == "False":
         reason = scheduled.get("reason") or "Unschedulable"
-        return reason, f"pod {name}: {scheduled.get('message') or reason}"
+        return PhaseReason("Pending", reason, f"pod {name}: {scheduled.get('message') or reason}")
     return None
 
 
@@ -54,9 +58,10 @@ def _newest(events: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 def explain_pending(
     job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]
-) -> tuple[str, str] | None:
-    """(reason, message) of why `job` (not suspended, not finished) has no running pod; None when nothing is
-    known to be wrong (the pods are on their way). `events` are the Job's Events, `pods` its pods."""
+) -> PhaseReason | None:
+    """Why `job` (not suspended, not finished) has no running pod, in the words of the component that knows;
+    None when nothing is known to be wrong (the pods are on their way). `events` are the Job's Events, `pods`
+    its pods."""
     live = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending")]
     for pod in live:
         problem = _pod_problem(pod)
@@ -66,5 +71,6 @@ def explain_pending(
     failed_create = [e for e in events if e.get("reason") == "FailedCreate"]
     if len(live) < wanted and failed_create:
         newest = _newest(failed_create) or {}
-        return "FailedCreate", str(newest.get("message") or "the Job controller could not create pods")
+        message = str(newest.get("message") or "the Job controller could not create pods")
+        return PhaseReason("Pending", "FailedCreate", message)
     return None

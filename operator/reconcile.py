@@ -255,8 +255,10 @@ def delete_workload(kube: Kube, key: ResourceKey) -> list[str]:
     return gone
 
 
-def job_owner(job: Mapping[str, Any]) -> tuple[str, str] | None:
-    labels = job.get("metadata", {}).get("labels") or {}
+def job_owner(job: Mapping[str, Any]) -> ResourceKey | None:
+    """The resource a Job of freeatm's runs, from the Job's labels (the Job lives in its namespace)."""
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
     if labels.get(LABEL_KIND) and labels.get(LABEL_NAME):
-        return labels[LABEL_KIND], labels[LABEL_NAME]
+        return ResourceKey(labels[LABEL_KIND], meta.get("namespace") or "default", labels[LABEL_NAME])
     return None

@@ -7,6 +7,7 @@ The operator owns everything in `status` except `progress`, which the workload p
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,20 +15,30 @@ from pydantic import ValidationError
 
 from freeatm.api import Outputs
 from freeatm.api.conditions import get_condition, phase_conditions, set_condition
+from freeatm.api.vocabulary import (
+    DEPENDENCIES_SUCCEEDED,
+    DEPENDENCY_CYCLE,
+    DEPENDENCY_FAILED,
+    FINAL_PHASES,
+    INVALID_SPEC,
+    JOB_CREATED,
+    JOB_FAILED,
+    JOB_FAILURE_REASONS,
+    JOB_LOST,
+    JOB_REJECTED,
+    PENDING,
+    QUEUED,
+    REPLACING_JOB,
+    RUNNING,
+    SUCCEEDED,
+    SUSPENDED,
+    WAITING_FOR_DEPENDENCIES,
+    PhaseReason,
+    final_outcome,
+    workload_failed,
+)
 
 from .dependencies import Verdict
-
-# Job failure reasons → the resource's reason.
-JOB_FAILURE_REASONS = {
-    "BackoffLimitExceeded": "BackoffLimitExceeded",
-    "DeadlineExceeded": "DeadlineExceeded",
-    "PodFailurePolicy": "InvalidInput",
-    "FailedIndexes": "BackoffLimitExceeded",
-    "MaxFailedIndexesExceeded": "BackoffLimitExceeded",
-}
-# Reasons of a Failed status that are final for this generation (only a spec change starts a new run): the
-# workload's own failures, a Job the API server refused as invalid, a Job lost before its result was read.
-WORKLOAD_FAILURES = {*JOB_FAILURE_REASONS.values(), "JobFailed", "JobRejected", "JobLost"}
 
 
 @dataclass
@@ -43,10 +54,10 @@ class Observation:
     output_uri: str | None = None  # spec.output.uri
     pod_results: list[dict[str, Any]] = field(default_factory=list)  # termination messages, index 0 last
     running: bool | None = None  # whether one of the Job's pods runs; None: not looked (Job status decides)
-    pending: tuple[str, str] | None = None  # (reason, message): why the Job's pods do not run yet
+    pending: PhaseReason | None = None  # why the Job's pods do not run yet
     blocked: str | None = None  # why the Job could not be created (message)
-    blocked_reason: str = "WaitingForDependencies"
-    rejected: tuple[str, str] | None = None  # (reason, API server's message): the Job's create was refused
+    blocked_reason: str = WAITING_FOR_DEPENDENCIES
+    rejected: PhaseReason | None = None  # the Job's create was refused (the API server's message)
     lost: str | None = None  # the Job of this generation disappeared before its result was read
     replacing: str | None = None  # the previous Job (and its pods) are going away; the new one follows
 
@@ -106,72 +117,81 @@ def outputs_from(output_uri: str | None, results: list[dict[str, Any]]) -> dict[
         return {"uri": merged.get("uri") or output_uri} if (merged.get("uri") or output_uri) else {}
 
 
-def failure_message(job: dict[str, Any] | None, results: list[dict[str, Any]]) -> str:
+def finished_at(status: Mapping[str, Any], generation: int | None) -> bool:
+    """Whether the stored `status` holds the final outcome of `generation`: nothing runs again for it (its Job
+    may be gone already, ttlSecondsAfterFinished)."""
+    reason = (get_condition(status.get("conditions"), "Ready") or {}).get("reason")
+    return status.get("observedGeneration") == generation and final_outcome(status.get("phase"), reason)
+
+
+def _job_failure(job: dict[str, Any], results: list[dict[str, Any]]) -> PhaseReason:
     cond = job_condition(job, "Failed") or job_condition(job, "FailureTarget") or {}
-    parts = [cond.get("message") or cond.get("reason") or "the Job failed"]
+    reason = JOB_FAILURE_REASONS.get(cond.get("reason", ""), JOB_FAILED)
     errors = [str(r["error"]) for r in results if r.get("error")]
-    if errors:
-        parts.append("runtime: " + errors[-1])
-    return "; ".join(parts)
+    what = cond.get("message") or cond.get("reason") or "the Job failed"
+    return workload_failed(reason, what, errors[-1] if errors else None)
 
 
-def _phase(current: dict[str, Any], obs: Observation) -> tuple[str, str, str]:
-    """(phase, reason, message)."""
+def _phase(current: dict[str, Any], obs: Observation) -> PhaseReason:
     job = obs.job
     if obs.invalid is not None:
-        return "Failed", "InvalidSpec", "invalid spec: " + "; ".join(f"{p}: {m}" for p, m in obs.invalid)
+        message = "invalid spec: " + "; ".join(f"{p}: {m}" for p, m in obs.invalid)
+        return PhaseReason("Failed", INVALID_SPEC, message)
     if obs.rejected is not None:
-        return "Failed", *obs.rejected
+        return obs.rejected
     if obs.replacing is not None:
-        return "Pending", "ReplacingJob", obs.replacing
+        return PhaseReason("Pending", REPLACING_JOB, obs.replacing)
     if job is not None:
         name = job.get("metadata", {}).get("name")
         finished = job_finished(job)
         jstatus = job.get("status") or {}
         if finished == "Complete":
-            return "Succeeded", "Succeeded", f"Job {name} completed"
+            return PhaseReason("Succeeded", SUCCEEDED, f"Job {name} completed")
         if finished == "Failed":
-            cond = job_condition(job, "Failed") or job_condition(job, "FailureTarget") or {}
-            reason = JOB_FAILURE_REASONS.get(cond.get("reason", ""), "JobFailed")
+            failure = _job_failure(job, obs.pod_results)
             ready = get_condition(current.get("conditions"), "Ready") or {}
-            if not obs.pod_results and current.get("phase") == "Failed" and ready.get("reason") == reason:
-                return "Failed", reason, ready.get("message", "")  # pods are read once, when the Job fails
-            return "Failed", reason, failure_message(job, obs.pod_results)
+            if (
+                not obs.pod_results
+                and current.get("phase") == "Failed"
+                and ready.get("reason") == failure.reason
+            ):
+                return failure._replace(
+                    message=ready.get("message", "")
+                )  # pods are read once, when the Job fails
+            return failure
         if (job.get("spec") or {}).get("suspend"):
             if obs.suspend:
-                return "Suspended", "Suspended", f"Job {name} is suspended (spec.suspend)"
+                return PhaseReason("Suspended", SUSPENDED, f"Job {name} is suspended (spec.suspend)")
             queue = (job.get("metadata", {}).get("labels") or {}).get("kueue.x-k8s.io/queue-name")
             if queue:
-                return "Pending", "Queued", f"Job {name} waits for Kueue to admit it (queue {queue})"
-            return "Pending", "Queued", f"Job {name} is suspended, waiting for admission"
+                return PhaseReason(
+                    "Pending", QUEUED, f"Job {name} waits for Kueue to admit it (queue {queue})"
+                )
+            return PhaseReason("Pending", QUEUED, f"Job {name} is suspended, waiting for admission")
         active = int(jstatus.get("active") or 0)
         running = obs.running if obs.running is not None else bool(active)
         if running or int(jstatus.get("ready") or 0):
-            return "Running", "Running", f"Job {name}: {active} pod(s) active"
+            return PhaseReason("Running", RUNNING, f"Job {name}: {active} pod(s) active")
         if obs.pending is not None:
-            return "Pending", *obs.pending
-        return "Pending", "JobCreated", f"Job {name} created, waiting for pods"
+            return obs.pending
+        return PhaseReason("Pending", JOB_CREATED, f"Job {name} created, waiting for pods")
     if obs.lost is not None:
-        return "Failed", "JobLost", obs.lost
-    phase = current.get("phase")
-    reason = (get_condition(current.get("conditions"), "Ready") or {}).get("reason", "")
-    if (
-        phase in ("Succeeded", "Failed")
-        and current.get("observedGeneration") == obs.generation
-        and (phase == "Succeeded" or reason in WORKLOAD_FAILURES)
-    ):  # finished at this generation; its Job may have been deleted (ttlSecondsAfterFinished)
-        msg = (get_condition(current.get("conditions"), "Ready") or {}).get("message", "")
-        return phase, reason or phase, msg
+        return PhaseReason("Failed", JOB_LOST, obs.lost)
+    if finished_at(current, obs.generation):
+        ready = get_condition(current.get("conditions"), "Ready") or {}
+        return PhaseReason(
+            current["phase"], ready.get("reason") or current["phase"], ready.get("message", "")
+        )
     v = obs.verdict
     if v is not None and v.cycle:
-        return "Failed", "DependencyCycle", v.message
-    if v is not None and v.reason == "DependencyFailed":
-        return "Failed", "DependencyFailed", v.message
+        return PhaseReason("Failed", DEPENDENCY_CYCLE, v.message)
+    if v is not None and v.reason == DEPENDENCY_FAILED:
+        return PhaseReason("Failed", DEPENDENCY_FAILED, v.message)
     if v is not None and not v.ready:
-        return "Waiting", "WaitingForDependencies", v.message
+        return PhaseReason("Waiting", WAITING_FOR_DEPENDENCIES, v.message)
     if obs.blocked:
-        return "Waiting", obs.blocked_reason, obs.blocked
-    return "Pending", "Pending", "creating the workload"
+        return PhaseReason("Waiting", obs.blocked_reason, obs.blocked)
+    return PhaseReason("Pending", PENDING, "creating the workload")
 
 
 def desired_status(current: dict[str, Any] | None, obs: Observation) -> dict[str, Any]:
@@ -188,11 +208,11 @@ def desired_status(current: dict[str, Any] | None, obs: Observation) -> dict[str
     conds = phase_conditions(conds, phase, reason, message, gen, now)
     v = obs.verdict
     if obs.invalid is not None:
-        cond("DependenciesReady", "Unknown", "InvalidSpec", "the spec is invalid")
+        cond("DependenciesReady", "Unknown", INVALID_SPEC, "the spec is invalid")
     elif obs.job is not None:
         old = get_condition(conds, "DependenciesReady")
         if not old or old.get("status") != "True":
-            cond("DependenciesReady", "True", "DependenciesSucceeded", "all dependencies Succeeded")
+            cond("DependenciesReady", "True", DEPENDENCIES_SUCCEEDED, "all dependencies Succeeded")
     elif v is not None:
         cond("DependenciesReady", "True" if v.ready else "False", v.reason, v.message)
 
@@ -205,13 +225,9 @@ def desired_status(current: dict[str, Any] | None, obs: Observation) -> dict[str
         status["jobName"] = job["metadata"]["name"]
         status["startTime"] = current.get("startTime") or jstatus.get("startTime") or now
         status["restarts"] = failed_pods(jstatus)
-    elif (
-        current.get("jobName")
-        and phase in ("Succeeded", "Failed")
-        and reason in (*WORKLOAD_FAILURES, "Succeeded")
-    ):
+    elif current.get("jobName") and final_outcome(phase, reason):
         status["jobName"] = current["jobName"]
-    if phase in ("Succeeded", "Failed"):
+    if phase in FINAL_PHASES:
         status["completionTime"] = current.get("completionTime") or jstatus.get("completionTime") or now
     if phase == "Succeeded":
         if job is not None and not (current.get("outputs") and current.get("phase") == "Succeeded"):
@@ -219,14 +235,9 @@ def desired_status(current: dict[str, Any] | None, obs: Observation) -> dict[str
         elif current.get("outputs"):
             status["outputs"] = current["outputs"]
     status["waitingFor"] = list(v.waiting) if (v is not None and phase == "Waiting") else []
+    ran = final_outcome(phase, reason) and reason != JOB_REJECTED  # a refused Job never ran: no run to record
     for key in ("startTime", "restarts", "completionTime", "jobName", "outputs"):
-        if (
-            key not in status
-            and key in current
-            and phase in ("Succeeded", "Failed")
-            and reason not in ("InvalidSpec", "DependencyFailed", "DependencyCycle", "JobRejected")
-            and obs.rejected is None
-        ):
+        if key not in status and key in current and ran:
             status[key] = current[key]
     return status
 

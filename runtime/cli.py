@@ -6,7 +6,7 @@ FILE (or the FREEATM_SPEC environment variable) holds the *resolved* resource as
 the SyntheticDataset, MaskPretrainJob or EvalJob with every `ref` already replaced by the dependency's output
 URI. The command's outputs (the resource's `status.outputs`) are printed as the last stdout line and written to
 FREEATM_RESULT_FILE, or to the pod's termination message (/dev/termination-log) where it exists, which the
-operator reads. Exit codes (runtime/errors.py): 0 done, 65 invalid input (permanent: a spec that cannot be
+operator reads. Exit codes (api/vocabulary.py): 0 done, 65 invalid input (permanent: a spec that cannot be
 read or parsed, bad data), 75 transient trouble (retry), 130 interrupted, 1 a bug (its traceback is in the
 log). Every failure ends with one line, `error: …`, on stderr and in the result as {"error", "exitCode"}.
 With FREEATM_PARENT_PIPE set (local mode), stdin is a pipe the parent holds open: when it closes, the parent
@@ -30,9 +30,10 @@ from pydantic import ValidationError
 
 from freeatm.api import KINDS, Resource, error_lines, parse_resource
 from freeatm.api.resources import UnknownKind
+from freeatm.api.vocabulary import EXIT_BUG, EXIT_INTERRUPTED
 from freeatm.api.yaml_input import InputError, parse, read_documents
 
-from .errors import EXIT_BUG, EXIT_INTERRUPTED, InvalidInput, as_failure, os_failure
+from .errors import InvalidInput, as_failure, os_failure
 from .metrics import serve_from_env
 
 COMMANDS = {info.runtime_command: kind for kind, info in KINDS.items()}

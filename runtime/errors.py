@@ -1,8 +1,5 @@
-"""The runtime's error classes and the exit codes of the runtime contract (DESIGN §5).
-
-The operator turns these codes into the Job's podFailurePolicy: EXIT_INVALID fails the Job at once (retrying
-bad input cannot help), EXIT_TRANSIENT and any other non-zero code count against backoffLimit.
-"""
+"""The runtime's error classes, each with its exit code of the runtime contract (the codes and their meaning
+are api/vocabulary.py's; docs/architecture.md#exit-codes)."""
 
 from __future__ import annotations
 
@@ -12,11 +9,7 @@ import re
 import tarfile
 import zlib
 
-EXIT_OK = 0
-EXIT_BUG = 1  # anything else: a bug, with its traceback in the log
-EXIT_INVALID = 65  # sysexits EX_DATAERR: the spec or its input is wrong; permanent
-EXIT_TRANSIENT = 75  # sysexits EX_TEMPFAIL: storage or network trouble; retry
-EXIT_INTERRUPTED = 130  # 128 + SIGINT
+from freeatm.api.vocabulary import EXIT_BUG, EXIT_INVALID, EXIT_TRANSIENT
 
 # An OSError with one of these means a path that is wrong, not storage that is unwell: retrying cannot help.
 _PERMANENT_ERRNOS = {

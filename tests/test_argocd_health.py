@@ -214,13 +214,14 @@ def test_every_phase_as_the_operator_writes_it(kind):
 
     from freeatm.api.conditions import with_phase
     from freeatm.api.crd import crd_for
-    from freeatm.api.status import PHASES, Status
+    from freeatm.api.status import Status
+    from freeatm.api.vocabulary import PHASES, PhaseReason
 
     schema = crd_for(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert set(EXPECTED) == set(PHASES)
     status = Status()
     for phase in PHASES:
-        status = with_phase(status, phase, "Because", f"now {phase}", generation=3)
+        status = with_phase(status, PhaseReason(phase, "Because", f"now {phase}"), generation=3)
         wire = status.to_wire()
         OAS30Validator(schema).validate(wire)
         h = health(resource(wire, generation=3, kind=kind))

@@ -18,9 +18,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import evaluate_fixtures as fx  # noqa: E402
 
 from freeatm.api import parse_resource  # noqa: E402
+from freeatm.api.vocabulary import EXIT_INVALID  # noqa: E402
 from freeatm.runtime import metrics  # noqa: E402
 from freeatm.runtime.backbones import create_backbone, save_export  # noqa: E402
-from freeatm.runtime.errors import EXIT_INVALID, InvalidInput  # noqa: E402
+from freeatm.runtime.errors import InvalidInput  # noqa: E402
 from freeatm.runtime.evaluate import job  # noqa: E402
 from freeatm.runtime.evaluate.common import clear_feature_cache  # noqa: E402
 

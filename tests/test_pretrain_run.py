@@ -18,8 +18,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_fixture import pretrain_doc, pretrain_job, shapes_dataset  # noqa: E402
 
+from freeatm.api.vocabulary import EXIT_INVALID  # noqa: E402
 from freeatm.runtime.backbones import load_export  # noqa: E402
-from freeatm.runtime.errors import EXIT_INVALID, InvalidInput  # noqa: E402
+from freeatm.runtime.errors import InvalidInput  # noqa: E402
 from freeatm.runtime.pretrain import checkpoint as ckpt  # noqa: E402
 from freeatm.runtime.pretrain import run  # noqa: E402
 

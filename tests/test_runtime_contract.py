@@ -19,15 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from freeatm.api.vocabulary import EXIT_BUG, EXIT_INVALID, EXIT_TRANSIENT
 from freeatm.runtime import cli
-from freeatm.runtime.errors import (
-    EXIT_BUG,
-    EXIT_INVALID,
-    EXIT_TRANSIENT,
-    InvalidInput,
-    TransientError,
-    as_failure,
-)
+from freeatm.runtime.errors import InvalidInput, TransientError, as_failure
 
 DATASET = {
     "apiVersion": "freeatm.io/v1alpha1",

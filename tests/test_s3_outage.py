@@ -23,9 +23,10 @@ from botocore.exceptions import ClientError
 
 import freeatm.runtime.generate as generate
 from freeatm.api import parse_resource
+from freeatm.api.vocabulary import EXIT_TRANSIENT
 from freeatm.runtime import pretrain
 from freeatm.runtime.dataset_format import read_shard
-from freeatm.runtime.errors import EXIT_TRANSIENT, TransientError
+from freeatm.runtime.errors import TransientError
 from freeatm.runtime.pretrain import checkpoint as ckpt
 from freeatm.runtime.storage import open_store
 from freeatm.runtime.study import write_shapes_dataset

@@ -20,8 +20,9 @@ from synthetic_fixture import pretrain_doc, pretrain_job, shapes_dataset  # noqa
 from test_generate_dataset import contents, resource  # noqa: E402
 
 import freeatm.runtime.generate as generate  # noqa: E402
+from freeatm.api.vocabulary import EXIT_INVALID  # noqa: E402
 from freeatm.runtime.dataset_format import read_shard  # noqa: E402
-from freeatm.runtime.errors import EXIT_INVALID, InvalidInput  # noqa: E402
+from freeatm.runtime.errors import InvalidInput  # noqa: E402
 from freeatm.runtime.pretrain import run  # noqa: E402
 from freeatm.runtime.storage import open_store  # noqa: E402
 from freeatm.runtime.toy import build_random_pipeline  # noqa: E402
