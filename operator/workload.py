@@ -17,12 +17,11 @@ from freeatm.api import KINDS, MaskPretrainJob, Outputs, Resource, SyntheticData
 from freeatm.api.references import dependencies
 from freeatm.api.resolve import UnresolvedReference
 from freeatm.api.resolve import resolve as resolve_references
-from freeatm.runtime.errors import EXIT_INVALID
+from freeatm.api.vocabulary import EXIT_INVALID
 
 from .config import OperatorConfig
 from .overrides import merge
 
-GROUP_LABEL = "freeatm.io"
 LABEL_KIND = "freeatm.io/kind"
 LABEL_NAME = "freeatm.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -191,7 +190,6 @@ def render(
 
     env = [
         {"name": "FREEATM_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         _env("FREEATM_RESOURCE", f"{kind}/$(FREEATM_NAMESPACE)/{name}"),
         _env("FREEATM_SPEC", json.dumps(resolved, separators=(",", ":"), sort_keys=True)),
         _env("FREEATM_METRICS_PORT", str(config.runtime_metrics_port)),
@@ -200,13 +198,9 @@ def render(
     ]
     env += [_env(k, v) for k, v in sorted(config.extra_env.items())]
     ports = [{"name": "metrics", "containerPort": config.runtime_metrics_port, "protocol": "TCP"}]
-    if isinstance(resource, SyntheticDataset):
-        # Each pod generates the shard range of its JOB_COMPLETION_INDEX (set by the Indexed Job).
-        env.append(_env("FREEATM_WORKERS", str(resource.spec.workers)))
     if nodes * nproc > 1:
         cmd, args, torch_env = _torchrun(resource, jname, config)  # type: ignore[arg-type]
         env += [_env(k, v) for k, v in sorted(torch_env.items())]
-        env.append(_env("FREEATM_NODES", str(nodes)))
         if multi_node:
             env.append(_env("FREEATM_RANK0_HOST", f"{jname}-0.{service_name(kind, name)}"))
             ports.append({"name": "c10d", "containerPort": config.rendezvous_port, "protocol": "TCP"})
@@ -274,7 +268,7 @@ def render(
         "backoffLimit": spec.backoff_limit,
         "podFailurePolicy": {
             "rules": [
-                # Bad input (runtime/errors.py EXIT_INVALID) cannot succeed on retry: fail the Job at once.
+                # Bad input (EXIT_INVALID) cannot succeed on retry: fail the Job at once.
                 {
                     "action": "FailJob",
                     "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID]},

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from freeatm.api import parse_resource
+from freeatm.api.vocabulary import EXIT_INVALID
 from freeatm.operator.config import OperatorConfig
 from freeatm.operator.workload import (
     ANNOTATION_INPUTS_DIGEST,
@@ -25,7 +26,6 @@ from freeatm.operator.workload import (
     render,
     resolve,
 )
-from freeatm.runtime.errors import EXIT_INVALID
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -99,11 +99,16 @@ def test_generation_is_an_indexed_job_with_one_index_per_worker():
     assert container(job)["image"] == "img:1"
     e = env(job)
     assert e["FREEATM_RESOURCE"] == "SyntheticDataset/$(FREEATM_NAMESPACE)/shapes"
-    assert (
-        e["FREEATM_WORKERS"] == "2"
-        and e["FREEATM_METRICS_PORT"] == "9090"
-        and "FREEATM_WORKER_INDEX" not in e
-    )
+    assert e["FREEATM_METRICS_PORT"] == "9090"
+    # A worker's shards follow from the Indexed Job's JOB_COMPLETION_INDEX and spec.workers: nothing else says.
+    assert set(e) == {
+        "FREEATM_NAMESPACE",
+        "FREEATM_RESOURCE",
+        "FREEATM_SPEC",
+        "FREEATM_METRICS_PORT",
+        "FREEATM_PVC_ROOT",
+        "PYTHONUNBUFFERED",
+    }
     assert json.loads(e["FREEATM_SPEC"])["spec"]["workers"] == 2
     # pvc:// output: the claim is mounted where runtime/storage.py looks for it
     assert {"name": "pvc-data", "persistentVolumeClaim": {"claimName": "data"}} in spec["template"]["spec"][
