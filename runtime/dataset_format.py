@@ -30,8 +30,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import InvalidInput, TransientError
-from .storage import Store
+from .errors import InvalidInput, RuntimeFailure, TransientError
+from .storage import MissingKey, Store
 
 FORMAT = "freeatm.synthetic/v1"
 MANIFEST = "manifest.json"
@@ -160,6 +160,8 @@ def verified_samples(
             pass  # the end-of-archive blocks and whatever tarfile left unread: all part of the digest
     except OSError as e:
         raise TransientError(f"reading {where} failed: {e}") from e
+    except RuntimeFailure:
+        raise  # the storage's own TransientError: a read that failed, not a corrupt tar
     except Exception as e:  # a corrupt tar; the digest below would say so too, less precisely
         reason = str(e.args[0]).split(" @ ")[0] if e.args else ""  # webdataset appends its stream and URL
         raise InvalidInput(
@@ -179,9 +181,14 @@ def verified_samples(
 
 
 def shard_samples(store: Store, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """verified_samples of the shard `entry` (a manifest or shard entry) names in `store`."""
+    """verified_samples of the shard `entry` (a manifest or shard entry) names in `store`, streamed from it."""
     name = entry["name"]
-    return verified_samples(io.BytesIO(store.read_bytes(name)), entry, store.url(name), store.uri)
+    try:
+        stream = store.open_read(name)
+    except MissingKey as e:
+        raise InvalidInput(f"shard {store.url(name)} of dataset {store.uri} does not exist; {REPAIR}") from e
+    with stream:
+        return verified_samples(stream, entry, store.url(name), store.uri)
 
 
 @dataclass

@@ -13,12 +13,13 @@ denied access) with the URI in the message.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 from .errors import InvalidInput, TransientError
@@ -41,6 +42,10 @@ class Store(Protocol):
     uri: str
 
     def read_bytes(self, key: str) -> bytes: ...
+    def open_read(self, key: str) -> IO[bytes]:
+        """A stream of the object's bytes, read as they are asked for (close it, or use it in a with block)."""
+        ...
+
     def write_bytes(self, key: str, data: bytes) -> None: ...
     def upload(self, local: Path, key: str) -> None: ...
     def download(self, key: str, local: Path) -> None: ...
@@ -96,6 +101,12 @@ class LocalStore:
     def read_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except FileNotFoundError as e:
+            raise MissingKey(f"{self.url(key)} does not exist") from e
+
+    def open_read(self, key: str) -> IO[bytes]:
+        try:
+            return self._path(key).open("rb")
         except FileNotFoundError as e:
             raise MissingKey(f"{self.url(key)} does not exist") from e
 
@@ -206,6 +217,10 @@ class S3Store:
         out = self._call("reading", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
         return out["Body"].read()
 
+    def open_read(self, key: str) -> IO[bytes]:
+        out = self._call("reading", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return io.BufferedReader(_S3Body(out["Body"], self.url(key)), 1 << 20)
+
     def write_bytes(self, key: str, data: bytes) -> None:
         self._call("writing", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
 
@@ -244,9 +259,51 @@ class S3Store:
         return join(self.uri, key)
 
 
+class _S3Body(io.RawIOBase):
+    """An S3 object's streaming body, its read failures TransientErrors: the request was retried by boto3, a
+    connection that breaks or times out (FREEATM_S3_TIMEOUT) while the body streams is not."""
+
+    def __init__(self, body: Any, url: str) -> None:
+        super().__init__()
+        self.body, self.url = body, url
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            data = self.body.read(len(buffer))
+        except (BotoCoreError, OSError) as e:
+            raise TransientError(f"reading {self.url} failed: {type(e).__name__}: {e}") from e
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.body.close()
+        super().close()
+
+
+_STORES: dict[tuple[int, str], Store] = {}
+
+
+def cached_store(uri: str) -> Store:
+    """open_store(uri), reused within this process: an S3 client is costly to build (never shared across a fork)."""
+    key = (os.getpid(), uri)
+    if key not in _STORES:
+        _STORES[key] = open_store(uri)
+    return _STORES[key]
+
+
+def cache_root() -> Path:
+    """Where the runtime keeps local copies (models, datasets): FREEATM_CACHE_DIR, default ~/.cache/freeatm."""
+    return Path(os.environ.get("FREEATM_CACHE_DIR", Path.home() / ".cache" / "freeatm"))
+
+
 def sync_to_cache(uri: str, cache_dir: Path | None = None) -> Path:
     """A local directory holding everything under `uri`: the path itself for file:// and pvc://, otherwise a
-    copy in the cache (FREEATM_CACHE_DIR, default ~/.cache/freeatm), downloading only missing files."""
+    copy under `cache_dir` (default: cache_root()), downloading only missing files."""
     path = local_path(uri)
     if path is not None:
         if not path.exists():
@@ -254,7 +311,7 @@ def sync_to_cache(uri: str, cache_dir: Path | None = None) -> Path:
         return path
     store = open_store(uri)
     parts = urlsplit(uri)
-    root = cache_dir or Path(os.environ.get("FREEATM_CACHE_DIR", Path.home() / ".cache" / "freeatm"))
+    root = cache_dir or cache_root()
     target = root / parts.scheme / parts.netloc / parts.path.strip("/")
     keys = store.list()
     if not keys:

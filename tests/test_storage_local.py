@@ -17,6 +17,8 @@ def test_write_is_atomic_and_readable_by_others(tmp_path: Path) -> None:
     store.write_bytes("shards/a.json", b"{}")
     (tmp_path / "src.bin").write_bytes(b"x" * 10)
     store.upload(tmp_path / "src.bin", "shards/b.bin")
+    with store.open_read("shards/b.bin") as stream:
+        assert stream.read() == b"x" * 10
     assert store.list("shards") == ["shards/a.json", "shards/b.bin"]
     assert not [p for p in (tmp_path / "shards").iterdir() if p.name.startswith(".")]  # no temp files left
     mode = stat.S_IMODE(os.stat(tmp_path / "shards" / "a.json").st_mode)
@@ -31,6 +33,8 @@ def test_hidden_temporary_files_are_not_listed(tmp_path: Path) -> None:
 def test_missing_key_and_bad_scheme_are_specific(tmp_path: Path) -> None:
     with pytest.raises(MissingKey, match="manifest.json does not exist"):
         open_store(tmp_path.as_uri()).read_bytes("manifest.json")
+    with pytest.raises(MissingKey, match="manifest.json does not exist"):
+        open_store(tmp_path.as_uri()).open_read("manifest.json")
     with pytest.raises(InvalidInput, match="unsupported storage scheme 'ftp'"):
         open_store("ftp://host/x")
 

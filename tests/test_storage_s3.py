@@ -26,6 +26,10 @@ def test_round_trip(bucket, tmp_path) -> None:  # type: ignore[no-untyped-def]
     store.upload(local, "dir/big.bin")
 
     assert store.read_bytes("a.txt") == b"hello"
+    with store.open_read("dir/b.bin") as stream:  # streamed, in pieces
+        assert stream.read(3) == bytes(range(3)) and stream.read() == (bytes(range(256)) * 1000)[3:]
+    with pytest.raises(MissingKey, match="nope does not exist"):
+        store.open_read("nope")
     assert store.exists("dir/b.bin") and not store.exists("nope")
     assert store.list() == ["a.txt", "dir/b.bin", "dir/big.bin"]
     assert store.list("dir/") == ["dir/b.bin", "dir/big.bin"]
@@ -70,6 +74,26 @@ def test_unreachable_endpoint_is_transient(monkeypatch) -> None:  # type: ignore
     store = open_store("s3://bucket/prefix")
     with pytest.raises(TransientError, match="failed after retries"):
         store.write_bytes("k", b"v")
+
+
+def test_a_stream_that_breaks_while_read_is_transient(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from botocore.exceptions import ReadTimeoutError
+
+    class Breaking:
+        def read(self, n: int) -> bytes:
+            raise ReadTimeoutError(endpoint_url="http://s3")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    store = open_store("s3://bucket/prefix")
+    monkeypatch.setattr(store.client, "get_object", lambda **_: {"Body": Breaking()})
+    with (
+        store.open_read("shard.tar") as stream,
+        pytest.raises(TransientError, match="reading s3://bucket/prefix/shard.tar failed"),
+    ):
+        stream.read()
 
 
 @pytest.mark.parametrize("name", ["FREEATM_S3_TIMEOUT", "FREEATM_S3_MAX_ATTEMPTS"])

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import torch
 
 from freeatm.runtime.errors import InvalidInput, TransientError
-from freeatm.runtime.storage import local_path, sync_to_cache
+from freeatm.runtime.storage import cache_root, local_path, sync_to_cache
 
 from .families import family_of
 
@@ -57,10 +57,6 @@ class LoadedModel:
     def identity(self) -> dict[str, str]:
         """The manifest's ``model`` block."""
         return {"uri": self.uri, "class": self.class_name, "digest": self.digest}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("FREEATM_CACHE_DIR", Path.home() / ".cache" / "freeatm"))
 
 
 def _offline() -> bool:

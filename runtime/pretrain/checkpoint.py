@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInput, RuntimeFailure
-from ..storage import MissingKey
-from .data import cached_store
+from ..storage import MissingKey, cached_store
 
 log = logging.getLogger("freeatm.pretrain.checkpoint")
 

@@ -3,8 +3,8 @@
 Reading. `open_dataset` reads and checks manifest.json (docs/dataset-format.md). Every process (rank) and every
 loader worker inside it reads its own part: with at least as many shards as ranks, rank r reads shards r,
 r+world, …; with fewer shards than ranks every rank reads all shards and keeps the samples whose index ≡ rank
-(mod world) — disjoint either way. Shards stream through webdataset's tar iterators: file:// and pvc:// straight
-from disk, s3:// one shard at a time into a spooled buffer (memory, spilling to disk above 64 MiB).
+(mod world) — disjoint either way. Shards stream from storage (Store.open_read) through the verifying reader,
+one shard at a time.
 
 Determinism. The order of an epoch is a function of (seed, epoch, rank, worker) and a batch's augmentation a
 function of (seed, epoch, rank, global batch index), so a resumed run skips the batches it already trained on
@@ -23,21 +23,17 @@ import hashlib
 import io
 import logging
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..dataset_format import IMAGE, MANIFEST, MASK, parse_manifest, verified_samples
-from ..errors import InvalidInput, TransientError
-from ..storage import MissingKey, Store, join, local_path, open_store
+from ..dataset_format import IMAGE, MANIFEST, MASK, parse_manifest, shard_samples
+from ..errors import InvalidInput
+from ..storage import MissingKey, cached_store, join, open_store
 
 log = logging.getLogger("freeatm.pretrain.data")
 
@@ -45,17 +41,6 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CROP_TRIES = 10
 SHUFFLE_BUFFER = 256
-
-
-_STORES: dict[tuple[int, str], Store] = {}
-
-
-def cached_store(uri: str) -> Store:
-    """open_store(uri), reused within this process: an S3 client is costly to build (never shared across a fork)."""
-    key = (os.getpid(), uri)
-    if key not in _STORES:
-        _STORES[key] = open_store(uri)
-    return _STORES[key]
 
 
 @dataclass
@@ -125,49 +110,15 @@ def assign(
     return list(range(num_shards)), world * workers, rank * workers + worker
 
 
-def _open_stream(uri: str) -> Any:
-    path = local_path(uri)
-    if path is not None:
-        try:
-            return path.open("rb")
-        except FileNotFoundError as e:
-            raise InvalidInput(f"shard {uri} listed in the manifest does not exist") from e
-    parts = urlsplit(uri)
-    if parts.scheme != "s3":
-        raise InvalidInput(f"{uri}: cannot stream a shard from {parts.scheme}://")
-    # Fetched in one go into a spooled file (memory up to 64 MiB, then disk): an S3 connection held open while
-    # the model trains between reads could be closed by the server mid-shard.
-    store = cached_store(uri.rsplit("/", 1)[0])
-    name = uri.rsplit("/", 1)[1]
-    spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115 (returned open; iter_raw closes it)
-    try:
-        body = store._call(
-            "reading", name, store.client.get_object, Bucket=parts.netloc, Key=parts.path.strip("/")
-        )  # type: ignore[attr-defined]
-        shutil.copyfileobj(body["Body"], spool, 1 << 20)
-    except (InvalidInput, TransientError):
-        spool.close()
-        raise
-    except Exception as e:  # the connection broke while reading
-        spool.close()
-        raise TransientError(f"reading shard {uri} failed: {type(e).__name__}: {e}") from e
-    spool.seek(0)
-    return spool
-
-
 def iter_raw(
     uri: str, shards: list[dict[str, Any]], modulus: int = 1, remainder: int = 0
 ) -> Iterator[dict[str, Any]]:
     """Undecoded samples ({"__key__", "png", "mask.png", "json", …}) of the given manifest shard entries, in
-    order, each shard verified against its entry (dataset_format.verified_samples)."""
+    order, each shard verified against its entry (dataset_format.shard_samples)."""
+    store = cached_store(uri)
     for entry in shards:
-        shard_uri = join(uri, entry["name"])
-        stream = _open_stream(shard_uri)
-        try:
-            samples = verified_samples(stream, entry, shard_uri, uri)
-        finally:
-            stream.close()
-        for sample in samples:
+        shard_uri = store.url(entry["name"])
+        for sample in shard_samples(store, entry):
             key = sample["__key__"].rsplit("/", 1)[-1]
             try:
                 index = int(key)

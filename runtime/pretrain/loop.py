@@ -27,10 +27,10 @@ from .. import metrics
 from ..backbones import METADATA_FILE, WEIGHTS_FILE, Backbone, create_backbone, save_export
 from ..errors import InvalidInput
 from ..progress import reporter
-from ..storage import MissingKey
+from ..storage import MissingKey, cached_store
 from . import checkpoint
 from .contrastive import ContrastiveModel
-from .data import MEAN, STD, Augment, DatasetInfo, ShardStream, StreamConfig, cached_store, open_dataset
+from .data import MEAN, STD, Augment, DatasetInfo, ShardStream, StreamConfig, open_dataset
 from .distributed import DistInfo, all_gather_object, barrier, setup, teardown
 from .mim import MAEModel
 
