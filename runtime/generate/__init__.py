@@ -16,7 +16,6 @@ name. Each sample's seed derives from the dataset seed and its index, so a shard
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from typing import Any
 from freeatm.api import SyntheticDataset
 from freeatm.runtime import metrics
 from freeatm.runtime.dataset_format import entry_name, shard_name, write_shard
-from freeatm.runtime.errors import InvalidInput, TransientError
+from freeatm.runtime.errors import InvalidInput
 from freeatm.runtime.progress import ProgressReporter, reporter
 from freeatm.runtime.storage import Store, open_store
 
@@ -57,21 +56,11 @@ def worker_index(workers: int) -> int:
     return index
 
 
-_PERMANENT_ERRNOS = {errno.EROFS, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EEXIST, errno.EISDIR}
-
-
 def _check_writable(store: Store, index: int) -> None:
-    """Fail before loading the model when the output cannot be written (permanent errors are InvalidInput)."""
+    """Fail before loading the model when the output cannot be written: the storage module raises InvalidInput
+    for what retrying cannot fix (permissions, a read-only or wrong path, a missing bucket, denied access)."""
     key = f"shards/.write-check-{index}"
-    try:
-        store.write_bytes(key, b"ok")
-    except TransientError as e:
-        cause = e.__cause__
-        if isinstance(cause, OSError) and cause.errno in _PERMANENT_ERRNOS:
-            raise InvalidInput(
-                f"output {store.uri} is not writable: {cause.strerror} ({cause.filename})"
-            ) from e
-        raise
+    store.write_bytes(key, b"ok")
     store.delete(key)
 
 
