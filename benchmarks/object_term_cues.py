@@ -32,10 +32,10 @@ from rich.console import Console
 from rich.table import Table
 
 from freeatm.api import parse_resource
-from freeatm.runtime import study
 from freeatm.runtime.pretrain.contrastive import MIN_OBJECT_AREA, mask_pool
 from freeatm.runtime.pretrain.loop import Trainer
 from freeatm.runtime.shapes import render
+from freeatm.runtime.shapesbench import study
 
 COLUMNS = {
     "top1": "every object (top-1)",

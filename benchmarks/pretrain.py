@@ -31,7 +31,7 @@ import torch
 from freeatm.api import parse_resource
 from freeatm.runtime.pretrain.distributed import DistInfo
 from freeatm.runtime.pretrain.loop import Trainer
-from freeatm.runtime.study import write_shapes_dataset
+from freeatm.runtime.shapesbench.study import write_shapes_dataset
 
 
 def job(

@@ -162,7 +162,7 @@ PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_
 @shapesbench.command(context_settings=PASS_THROUGH)
 def masks(ctx: typer.Context) -> None:
     """Generate captioned scenes with --model and score each object word's mask (--help for the options)."""
-    from freeatm.runtime.shapesbench_masks import main
+    from freeatm.runtime.shapesbench.masks import main
 
     raise typer.Exit(main(ctx.args))
 
@@ -170,7 +170,7 @@ def masks(ctx: typer.Context) -> None:
 @shapesbench.command(context_settings=PASS_THROUGH)
 def check(ctx: typer.Context) -> None:
     """Measure how often the baseline's random crops miss every object of a variant (--help for the options)."""
-    from freeatm.runtime.shapesbench_check import main
+    from freeatm.runtime.shapesbench.check import main
 
     raise typer.Exit(main(ctx.args))
 
@@ -178,7 +178,7 @@ def check(ctx: typer.Context) -> None:
 @shapesbench.command(context_settings=PASS_THROUGH)
 def study(ctx: typer.Context) -> None:
     """Pretrain baseline and mask-guided on ShapesBench and evaluate both (--help for the options)."""
-    from freeatm.runtime.study import main
+    from freeatm.runtime.shapesbench.study import main
 
     raise typer.Exit(main(ctx.args))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from freeatm.runtime.study import write_shapes_dataset
+from freeatm.runtime.shapesbench.study import write_shapes_dataset
 
 
 def shapes_dataset(

@@ -14,7 +14,7 @@ from freeatm.runtime.backbones import load_export  # noqa: E402
 from freeatm.runtime.pretrain import checkpoint as ckpt  # noqa: E402
 from freeatm.runtime.pretrain import run  # noqa: E402
 from freeatm.runtime.pretrain.data import iter_raw, open_dataset  # noqa: E402
-from freeatm.runtime.study import write_shapes_dataset  # noqa: E402
+from freeatm.runtime.shapesbench.study import write_shapes_dataset  # noqa: E402
 
 torch.set_num_threads(1)
 

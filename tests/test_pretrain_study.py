@@ -1,4 +1,4 @@
-"""runtime/study.py: the paired ShapesBench study — its statistics and gates on hand-made numbers, the control arms'
+"""runtime/shapesbench/study.py: the paired ShapesBench study — its statistics and gates on hand-made numbers, the control arms'
 masks, and the whole machinery at a tiny size."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from freeatm.runtime.shapes import CLUTTER_SHAPES, render
-from freeatm.runtime.study import (
+from freeatm.runtime.shapesbench.study import (
     area_matched_map,
     attention_unavailable,
     degrade_mask,

@@ -28,8 +28,8 @@ from freeatm.runtime import pretrain
 from freeatm.runtime.dataset_format import read_shard
 from freeatm.runtime.errors import TransientError
 from freeatm.runtime.pretrain import checkpoint as ckpt
+from freeatm.runtime.shapesbench.study import write_shapes_dataset
 from freeatm.runtime.storage import open_store
-from freeatm.runtime.study import write_shapes_dataset
 from tests.local_cli import DATASET
 from tests.s3_server import S3Server, S3Unavailable, SeaweedFS
 from tests.synthetic_fixture import pretrain_doc

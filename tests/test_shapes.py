@@ -26,7 +26,7 @@ from freeatm.runtime.shapes import (
     render_scene,
     shapes_of,
 )
-from freeatm.runtime.shapesbench_check import MIN_PAIR_DISJOINT, MIN_VIEW_MISS, main, mechanism_check
+from freeatm.runtime.shapesbench.check import MIN_PAIR_DISJOINT, MIN_VIEW_MISS, main, mechanism_check
 
 
 def test_scenes_are_deterministic_per_seed_and_index() -> None:

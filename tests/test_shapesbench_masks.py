@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from freeatm.runtime import shapesbench_masks
 from freeatm.runtime.generate.prompts import LocatedObject
 from freeatm.runtime.generate.sampler import Sample
 from freeatm.runtime.shapes import render_scene
+from freeatm.runtime.shapesbench import masks as shapesbench_masks
 
 
 @pytest.fixture

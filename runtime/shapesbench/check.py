@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .shapes import VARIANTS, render
+from ..shapes import VARIANTS, render
 
 MIN_VIEW_MISS = 0.15
 MIN_PAIR_DISJOINT = 0.40
@@ -71,8 +71,8 @@ def mechanism_check(
     contrastive baseline does, and measure how often the views miss every object or share none."""
     from freeatm.api.pretrain_job import Method
 
-    from .pretrain.data import integral_image, random_box
-    from .pretrain.loop import CONTRASTIVE_SCALE
+    from ..pretrain.data import integral_image, random_box
+    from ..pretrain.loop import CONTRASTIVE_SCALE
 
     if images < 1 or pairs_per_image < 1:
         raise ValueError("images and pairs_per_image must be at least 1")
@@ -109,7 +109,7 @@ def mechanism_check(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m freeatm.runtime.shapesbench_check [--variant V] [--images N]`` (``freeatm shapesbench check``).
+    """``python -m freeatm.runtime.shapesbench.check [--variant V] [--images N]`` (``freeatm shapesbench check``).
 
     Exit 0 when the thresholds hold, 1 when they do not, 2 for bad arguments."""
     import argparse

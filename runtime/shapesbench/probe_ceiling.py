@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbones import create_backbone, save_export
-from .pretrain.contrastive import mask_pool
-from .pretrain.data import MEAN, STD
-from .shapes import Scene, shapes_of
+from ..backbones import create_backbone, save_export
+from ..pretrain.contrastive import mask_pool
+from ..pretrain.data import MEAN, STD
+from ..shapes import Scene, shapes_of
 
 
 def train_probe_ceiling(scenes: Sequence[Scene], p: dict[str, Any], output_uri: str) -> None:

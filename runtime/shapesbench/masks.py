@@ -163,7 +163,7 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m freeatm.runtime.shapesbench_masks --model URI --images N`` (``freeatm shapesbench masks``)."""
+    """``python -m freeatm.runtime.shapesbench.masks --model URI --images N`` (``freeatm shapesbench masks``)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

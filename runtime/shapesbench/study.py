@@ -17,7 +17,7 @@ are given:
 - ``mae-uniform`` and ``mae-guided``: MAE with uniform masking vs attention-guided masking with hints.
 
 Every checkpoint, one random-init backbone (the probe's floor) and one trained supervised on the shapes (its
-ceiling at this size, runtime/probe_ceiling.py) are scored with the object-centric benchmarks on ShapesBench
+ceiling at this size, probe_ceiling.py) are scored with the object-centric benchmarks on ShapesBench
 clutter validation images: ``object-probe`` (the primary metric, top-1), ``presence`` and ``semseg``. Per arm the
 study reports the paired difference to the arm it is compared with (baseline; ``mae-uniform`` for
 ``mae-guided``; random init for the two baselines) as mean and 95% confidence interval over seeds (t
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .dataset_format import (
+from ..dataset_format import (
     IMAGE,
     MASK,
     RECORD,
@@ -52,8 +52,8 @@ from .dataset_format import (
     shard_name,
     write_shard,
 )
-from .shapes import COLOURS, Scene, render, shapes_of
-from .storage import open_store
+from ..shapes import COLOURS, Scene, render, shapes_of
+from ..storage import open_store
 
 
 def write_shapes_dataset(
@@ -256,7 +256,7 @@ def degraded_map(truth: np.ndarray, target: float, rng: np.random.Generator) -> 
 # --- the arms and the protocol ----------------------------------------------------------------------------------
 
 REFERENCE = "random-init"
-CEILING = "supervised"  # the probe's ceiling at the study's size (runtime/probe_ceiling.py), not an arm
+CEILING = "supervised"  # the probe's ceiling at the study's size (probe_ceiling.py), not an arm
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,7 @@ PRIMARY = "object-probe/top1"
 METRICS = (PRIMARY, "object-probe/balanced_top1", "presence/map", "semseg/miou")
 BENCHMARKS = ("object-probe", "presence", "semseg")
 MIN_PROBE_GAIN = 0.10  # gate: the baseline beats random init by this much on the primary metric
-MIN_CEILING_GAIN = 0.20  # gate: the supervised ceiling (runtime/probe_ceiling.py) beats random init this much
+MIN_CEILING_GAIN = 0.20  # gate: the supervised ceiling (probe_ceiling.py) beats random init this much
 
 # The protocol, fixed before the attention-mask arm was looked at (docs/study.md); the options only size it.
 PROTOCOL: dict[str, Any] = {
@@ -380,7 +380,7 @@ def attention_unavailable(model: str) -> str:
     """Why the attention-mask arm cannot run with `model`. It needs a toy model that draws the clutter scenes and a
     generation step with a baseline on the generated images; neither exists yet, so the arm is always reported,
     never run on data its masks were not made for."""
-    from .shapes import CAPTION_WORDS, CLUTTER_CAPTION_WORDS
+    from ..shapes import CAPTION_WORDS, CLUTTER_CAPTION_WORDS
 
     missing = [w for w in CLUTTER_CAPTION_WORDS if w not in CAPTION_WORDS]
     if model == "toy://shapes" and missing:
@@ -424,7 +424,7 @@ def _evaluate(checkpoints: dict[str, str], output: str, p: dict[str, Any]) -> di
     """{checkpoint label: {"benchmark/metric": value}} of one EvalJob over the object-centric benchmarks."""
     from freeatm.api import parse_resource
 
-    from .evaluate import run as evaluate
+    from ..evaluate import run as evaluate
 
     doc = {
         "apiVersion": "freeatm.io/v1alpha1",
@@ -485,9 +485,9 @@ def study(
     "gates" and "passed"."""
     from freeatm.api import parse_resource
 
-    from .evaluate.datasets import open_split
-    from .evaluate.segmentation import all_background_miou
-    from .pretrain import run as pretrain
+    from ..evaluate.datasets import open_split
+    from ..evaluate.segmentation import all_background_miou
+    from ..pretrain import run as pretrain
     from .probe_ceiling import train_probe_ceiling
 
     p = {**PROTOCOL, **(protocol or {})}
