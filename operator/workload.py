@@ -335,10 +335,9 @@ def declared_digest(resource: Resource) -> str:
 
 
 def ref_dependencies(resource: Resource) -> list[tuple[str, str]]:
-    """The dependencies whose outputs the workload reads (dataset and checkpoint refs, not plain dependsOn)."""
-    refs = resource.references()
-    waited_for = {ref.key for ref in refs if not ref.implied}
-    return [k for k in dependencies(refs) if k not in waited_for]
+    """The dependencies whose outputs the workload reads: its dataset and checkpoint refs, also when `dependsOn`
+    names them too (an entry only in `dependsOn` is waited for, not read)."""
+    return dependencies(ref for ref in resource.references() if ref.implied)
 
 
 def inputs_digest(resource: Resource, dependency_outputs: DependencyOutputs) -> str | None:

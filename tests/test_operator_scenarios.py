@@ -244,7 +244,8 @@ def test_deleting_a_resource_deletes_its_workload(cluster):
     doc["spec"]["dataset"] = {"uri": f"{NS_OUT}/d"}
     c.create(doc)
     wait_for(lambda: c.job("gone-train"))
-    assert c.get("Service", "gone-train")["spec"]["clusterIP"] == "None"
+    # The Service selects the pods of this Job by its uid, so it is created right after the Job, not with it.
+    assert wait_for(lambda: c.get("Service", "gone-train"), what="headless Service")["spec"]["clusterIP"] == "None"
     c.delete("MaskPretrainJob", "gone")
     wait_for(
         lambda: c.job("gone-train") is None and c.get("Service", "gone-train") is None,

@@ -93,6 +93,8 @@ def test_resolving_replaces_implied_references_only() -> None:
         ("pre", "s3://b/pre", None),
     ]
     assert ref_dependencies(parse_resource(EVJ)) == [("MaskPretrainJob", "pre")]
+    # A ref that dependsOn names too is still read: a new location of its output must change the inputs digest.
+    assert ref_dependencies(parse_resource(MPJ)) == [("SyntheticDataset", "shapes")]
 
 
 def test_cycles_through_a_resource_start_and_end_at_it() -> None:
