@@ -6,8 +6,6 @@ Used by the operator and by local mode alike, so both resolve references the sam
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 
 from .references import Reference, resolve_references
@@ -34,9 +32,3 @@ def resolve(resource: Resource, outputs: Mapping[tuple[str, str], Outputs]) -> R
     resolve_references(resolved.spec, uri_of)
     resolved.status = None
     return resolved
-
-
-def spec_digest(resource: Resource) -> str:
-    """sha256 of the resource's spec in canonical JSON: equal digests mean the same work."""
-    canonical = json.dumps(resource.spec.to_wire(), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

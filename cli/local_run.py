@@ -14,7 +14,6 @@ SIGKILL after GRACE_SECONDS) and mark the stage Interrupted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -43,6 +42,7 @@ from rich.table import Table
 from freeatm.api import KINDS, Resource, Status
 from freeatm.api.common import WorkloadSpec
 from freeatm.api.conditions import now, with_phase
+from freeatm.api.digest import spec_digest
 from freeatm.api.manifests import Manifests
 from freeatm.api.references import topological_order
 from freeatm.api.resolve import resolve
@@ -100,8 +100,7 @@ def stage_digest(resource: Resource, upstream: Mapping[tuple[str, str], str]) ->
     """The digest of what the stage computes (see the module docstring); no path of the workdir enters it."""
     spec = {k: v for k, v in resource.spec.to_wire().items() if k not in NOT_IN_DIGEST}
     after = {f"{kind}/{name}": upstream[(kind, name)] for kind, name in resource.dependencies()}
-    canonical = json.dumps({"spec": spec, "after": after}, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return spec_digest({"spec": spec, "after": after})
 
 
 def in_workdir(resource: Resource, output_uri: str) -> Resource:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from freeatm.api import KINDS, MaskPretrainJob, Outputs, Resource, SyntheticDataset, parse_resource
+from freeatm.api.digest import spec_digest
 from freeatm.api.references import dependencies
 from freeatm.api.resolve import UnresolvedReference
 from freeatm.api.resolve import resolve as resolve_references
@@ -352,7 +353,8 @@ def inputs_digest(resource: Resource, dependency_outputs: DependencyOutputs) -> 
 
 
 def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    """The first 16 hex digits of `spec_digest`: short enough for an annotation, and already stored on Jobs."""
+    return spec_digest(value).removeprefix("sha256:")[:16]
 
 
 def bind_service(service: dict[str, Any], job: Mapping[str, Any]) -> dict[str, Any]:

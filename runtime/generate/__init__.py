@@ -33,7 +33,7 @@ from freeatm.runtime.progress import ProgressReporter, reporter
 from freeatm.runtime.storage import Store, open_store
 
 from .families import FamilyPipeline
-from .manifest import DatasetContext, check_existing_manifest, intact_entry, spec_digest, try_finalize
+from .manifest import DatasetContext, check_existing_manifest, generation_digest, intact_entry, try_finalize
 from .models import load_pipeline
 from .prompts import PromptSource, check_source, prompt_source
 from .sampler import Sampler, sample_seed
@@ -80,7 +80,7 @@ def generate_dataset(resource: SyntheticDataset, worker: int | None = None) -> d
     source = prompt_source(spec.prompts, g.seed, g.resolution)
     model = load_pipeline(spec.model.uri, spec.model.revision, g.dtype)
     check_source(source, FamilyPipeline.of(model.pipe).text())
-    ctx = DatasetContext(spec, spec_digest(spec), model.identity(), source.classes)
+    ctx = DatasetContext(spec, generation_digest(spec), model.identity(), source.classes)
     check_existing_manifest(store, ctx)
 
     mine = worker_shards(spec.shards(), workers, index)

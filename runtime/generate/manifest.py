@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from freeatm.api.digest import spec_digest
 from freeatm.api.synthetic_dataset import SyntheticDatasetSpec
 from freeatm.runtime import dataset_format
 from freeatm.runtime.dataset_format import MANIFEST, REPAIR, SHARD_DIR, entry_name, shard_name, shard_samples
@@ -28,12 +29,9 @@ from .shards import shard_indices
 log = logging.getLogger("freeatm.generate")
 
 
-def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def spec_digest(spec: SyntheticDatasetSpec) -> str:
-    """sha256 of the generation-relevant spec: model (URI, revision), prompts, generation, attention."""
+def generation_digest(spec: SyntheticDatasetSpec) -> str:
+    """The manifest's specDigest: the digest of what decides the images and masks, i.e. the model (URI,
+    revision), prompts, generation and attention, not where the dataset is written nor by how many workers."""
     model = {"uri": spec.model.uri, "revision": spec.model.revision}
     relevant = {
         "model": model,
@@ -41,7 +39,7 @@ def spec_digest(spec: SyntheticDatasetSpec) -> str:
         "generation": spec.generation.to_wire(),
         "attention": spec.attention.to_wire(),
     }
-    return "sha256:" + hashlib.sha256(canonical(relevant)).hexdigest()
+    return spec_digest(relevant)
 
 
 def generator_version() -> str:

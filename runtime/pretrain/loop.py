@@ -7,7 +7,6 @@ them is off (the masks are then not even decoded).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from freeatm.api import MaskPretrainJob
+from freeatm.api.digest import spec_digest
 
 from .. import metrics
 from ..backbones import METADATA_FILE, WEIGHTS_FILE, Backbone, create_backbone, save_export
@@ -44,7 +44,7 @@ MIM_SCALE = (0.2, 1.0)  # MAE's
 LR_REFERENCE_BATCH = 256  # the peak learning rate is training.lr × batchSize / 256
 
 
-def spec_digest(resource: MaskPretrainJob, dataset_digest: str) -> str:
+def training_digest(resource: MaskPretrainJob, dataset_digest: str) -> str:
     """Digest of what determines the training result: the dataset's content (its manifest digest, not where it
     lives: a moved dataset keeps its checkpoints), method, backbone and training settings."""
     spec = resource.spec.to_wire()
@@ -52,8 +52,7 @@ def spec_digest(resource: MaskPretrainJob, dataset_digest: str) -> str:
     relevant["dataset"] = {"digest": dataset_digest}
     for operational in ("loaderWorkers", "checkpointEvery"):  # change how, not what, is trained
         relevant["training"].pop(operational, None)
-    text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return spec_digest(relevant)
 
 
 # --- optimisation -----------------------------------------------------------------------------------------------
@@ -154,7 +153,7 @@ class Trainer:
         self.info: DatasetInfo = open_dataset(
             spec.dataset.uri, need_masks=self.method.use_masks, batch_size=self.training.batch_size
         )
-        self.digest = spec_digest(resource, self.info.digest)
+        self.digest = training_digest(resource, self.info.digest)
         self.steps_per_epoch = self.info.images // self.training.batch_size
         self.total_steps = self.steps_per_epoch * self.training.epochs
         contrastive = self.method.framework == "contrastive"
