@@ -49,7 +49,9 @@ def _write_error(e: ApiException, path: str) -> Exception:
 def load_configuration(
     kubeconfig: str | None = None, host: str | None = None
 ) -> kubernetes.client.Configuration:
-    """API configuration: an explicit host (tests), else in-cluster, else the kubeconfig (read now, not at import)."""
+    """API configuration: an explicit host (tests), else in-cluster, else the kubeconfig (read now, not at import).
+
+    The operator's and the workload pods' (runtime/status_patch.py) alike."""
     cfg = kubernetes.client.Configuration()
     if host:
         cfg.host = host

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import torch
 from torch import Tensor, nn
 
-from freeatm.api.pretrain_job import BACKBONE_GEOMETRY, BACKBONES
+from freeatm.api.pretrain_job import BACKBONE_GEOMETRY, BACKBONES, is_vit
 
 from .errors import InvalidInput
 from .storage import MissingKey, join, open_store
@@ -83,7 +83,7 @@ class Backbone(nn.Module):
 
     @property
     def is_vit(self) -> bool:
-        return self.name.startswith("vit")
+        return is_vit(self.name)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Dense feature map [B, C, H/stride, W/stride]."""
@@ -137,7 +137,7 @@ def create_backbone(name: str, image_size: int = 224) -> Backbone:
     if name not in BACKBONE_GEOMETRY:
         raise InvalidInput(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
     arch, stride = BACKBONE_GEOMETRY[name]
-    if arch.startswith("vit"):
+    if is_vit(name):
         if image_size % stride:
             raise InvalidInput(
                 f"{name} uses {stride}-pixel patches: image size {image_size} must be a multiple of {stride}"

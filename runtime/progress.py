@@ -12,18 +12,15 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from freeatm.api.conditions import now as now_rfc3339
 
 from .metrics import PROGRESS_RATIO
 
 Sink = Callable[[dict[str, Any]], None]
 log = logging.getLogger("freeatm.progress")
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ProgressReporter:

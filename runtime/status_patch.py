@@ -50,26 +50,19 @@ def progress_body(progress: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _api_client() -> Any:
-    import kubernetes.client
-    import kubernetes.config
-
-    cfg = kubernetes.client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_incluster_config(client_configuration=cfg)
-    else:  # a workload run by hand against a cluster
-        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
-    return kubernetes.client.ApiClient(cfg)
-
-
 def status_sink(
     target: str | None = None, api_client: Any = None, timeout: float = 5.0
 ) -> Callable[[dict[str, Any]], None]:
     """A progress sink patching status.progress of the resource named by `target` (default: $FREEATM_RESOURCE)."""
     import kubernetes.client
 
+    # operator/kube.py needs the kubernetes client only, never kopf (which the runtime image does not have)
+    from freeatm.operator.kube import load_configuration
+
     kind, namespace, name = parse_target(target or os.environ.get(RESOURCE_ENV, ""))
-    client = kubernetes.client.CustomObjectsApi(api_client or _api_client())
+    client = kubernetes.client.CustomObjectsApi(
+        api_client or kubernetes.client.ApiClient(load_configuration())
+    )
     plural = KINDS[kind].plural
 
     def patch_status(progress: dict[str, Any]) -> None:

@@ -13,8 +13,15 @@ import yaml
 from pydantic import ValidationError
 
 from freeatm.api import parse_resource
-from freeatm.api.pretrain_job import feature_grid
-from freeatm.runtime.backbones import BACKBONES, create_backbone, load_export, save_export
+from freeatm.api.pretrain_job import BACKBONE_GEOMETRY, feature_grid, is_vit
+from freeatm.runtime.backbones import (
+    _FEATURE_DIMS,
+    _TIMM_NAMES,
+    BACKBONES,
+    create_backbone,
+    load_export,
+    save_export,
+)
 from freeatm.runtime.errors import InvalidInput
 
 torch.set_num_threads(1)
@@ -62,6 +69,12 @@ def test_unknown_backbone_lists_choices() -> None:
         create_backbone("resnet1000")
     for name in BACKBONES:
         assert name in str(e.value)
+
+
+def test_the_runtime_builds_every_architecture_the_api_names() -> None:
+    architectures = {arch for arch, _ in BACKBONE_GEOMETRY.values()}
+    assert architectures == set(_FEATURE_DIMS)
+    assert {a for a in architectures if is_vit(a) or a.endswith("_test")} <= set(_TIMM_NAMES)
 
 
 @pytest.mark.parametrize("name", ["resnet18_os8", "resnet_test_os8", "vit_tiny_patch8"])
