@@ -93,16 +93,21 @@ def build_manifest(
     }
 
 
+def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
+    """`manifest` (read from `where`) when it is a manifest document of this format; InvalidInput otherwise."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise InvalidInput(f"{where}: not a synthetic dataset: format {got!r} is not {FORMAT!r}")
+    return manifest
+
+
 def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
     """The manifest document in `raw` (read from `where`); InvalidInput unless it is JSON of this format."""
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidInput(f"{where} is not valid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise InvalidInput(f"{where}: not a synthetic dataset: format {got!r} is not {FORMAT!r}")
-    return manifest
+    return check_manifest(manifest, where)
 
 
 class _Digesting:

@@ -1,4 +1,5 @@
-"""One storage module for every URI the runtime reads or writes: file://, pvc:// and s3:// (DESIGN §5).
+"""One storage module for every URI the runtime reads or writes: file://, pvc:// and s3://
+(docs/architecture.md#the-runtime-contract).
 
 Writes are atomic: a local file is written under a temporary name in the same directory and renamed; an S3
 object only becomes visible once its upload completed. Credentials and endpoint come from the environment, as

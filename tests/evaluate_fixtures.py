@@ -6,16 +6,24 @@ of each dataset (VOC: circle=person, square=car, triangle=dog; COCO: non-contigu
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from freeatm.runtime import shapes
+from freeatm.runtime.dataset_format import (
+    FORMAT,
+    IMAGE,
+    MANIFEST,
+    MASK,
+    RECORD,
+    png_bytes,
+    sample_key,
+    shard_name,
+    write_shard,
+)
 
 VOC_OF_SHAPE = {"circle": "person", "square": "car", "triangle": "dog"}
 VOC_NAMES = (
@@ -170,18 +178,6 @@ def make_cityscapes(root: Path, per_split: int = 4, size: int = 48) -> Path:
     return root
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def make_synthetic(
     root: Path, per_split: int = 8, size: int = 32, variant: str = "clutter", shard_size: int = 4
 ) -> Path:
@@ -193,30 +189,27 @@ def make_synthetic(
         (base / "shards").mkdir(parents=True, exist_ok=True)
         entries = []
         for first in range(0, per_split, shard_size):
-            name = f"shards/shard-{first // shard_size:05d}.tar"
             count = min(shard_size, per_split - first)
-            with tarfile.open(base / name, "w") as tar:
-                for index in range(first, first + count):
-                    scene = shapes.render(seed, index, size, variant)
-                    objects = [
-                        {"word": o.shape, "label": k, "class": o.shape, "modifiers": [o.colour]}
-                        for k, o in enumerate(scene.objects, start=1)
-                    ]
-                    record = {"index": index, "seed": seed, "prompt": scene.caption, "objects": objects}
-                    _tar_member(tar, f"{index:08d}.png", _png(scene.image))
-                    _tar_member(tar, f"{index:08d}.mask.png", _png(scene.label_map().astype(np.uint8)))
-                    _tar_member(tar, f"{index:08d}.json", json.dumps(record).encode())
-            data = (base / name).read_bytes()
-            entries.append(
-                {
-                    "name": name,
-                    "samples": count,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "bytes": len(data),
+            samples = []
+            for index in range(first, first + count):
+                scene = shapes.render(seed, index, size, variant)
+                objects = [
+                    {"word": o.shape, "label": k, "class": o.shape, "modifiers": [o.colour]}
+                    for k, o in enumerate(scene.objects, start=1)
+                ]
+                record = {"index": index, "seed": seed, "prompt": scene.caption, "objects": objects}
+                members = {
+                    IMAGE: png_bytes(scene.image),
+                    MASK: png_bytes(scene.label_map().astype(np.uint8)),
+                    RECORD: json.dumps(record).encode(),
                 }
-            )
+                samples.append((sample_key(index), members))
+            name = shard_name(first // shard_size)
+            with (base / name).open("wb") as f:
+                sha256, size_bytes = write_shard(f, samples)
+            entries.append({"name": name, "samples": count, "sha256": sha256, "bytes": size_bytes})
         manifest = {
-            "format": "freeatm.synthetic/v1",
+            "format": FORMAT,
             "images": per_split,
             "resolution": size,
             "maskResolution": size,
@@ -225,5 +218,5 @@ def make_synthetic(
             "classes": classes,
             "shards": entries,
         }
-        (base / "manifest.json").write_text(json.dumps(manifest))
+        (base / MANIFEST).write_text(json.dumps(manifest))
     return root

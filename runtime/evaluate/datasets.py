@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..dataset_format import IMAGE, MANIFEST, MASK, RECORD, parse_manifest, verified_samples
+from ..dataset_format import IMAGE, MANIFEST, MASK, RECORD, check_manifest, verified_samples
 from ..errors import InvalidInput
 from ..storage import sync_to_cache
 
@@ -593,7 +593,7 @@ def _synthetic(root: Path, split: str, task: Task) -> Split:
             f"{path}: split {split!r} not found (a synthetic dataset per split: <root>/<split>/{MANIFEST}); "
             f"{root} has: {_available(root)}"
         )
-    manifest = parse_manifest(path.read_bytes(), str(path))
+    manifest = check_manifest(_read_json(path), str(path))
     if not manifest.get("hasMasks"):
         raise InvalidInput(f"{path}: the dataset has no masks (hasMasks: false)")
     classes = [str(c) for c in manifest.get("classes") or []]

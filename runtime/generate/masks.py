@@ -9,7 +9,7 @@ For one image with objects o = 1…O (in prompt order):
    and becomes all zeros).
 4. **Threshold** (``attention.threshold``):
    ``relative`` — relative to the map's own range: raw − min ≥ value × (max − min), i.e. normalised ≥ value
-   (DESIGN §8's "min–max, then 0.5");
+   ("min–max, then 0.5", docs/architecture.md#measured-facts);
    ``fixed`` — an absolute level on the raw map: raw ≥ value, where raw is the share of a position's attention
    that goes to the object's tokens (softmax probabilities, so in [0, 1]; independent of the other positions);
    ``otsu`` — normalised ≥ Otsu's threshold of that map (value unused).

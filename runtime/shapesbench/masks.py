@@ -6,8 +6,8 @@ object word's mask against that object's true extent *in the generated image*: S
 and distinct within a caption, so the pixels of the object's colour are its truth
 (:func:`freeatm.runtime.shapes.find_drawn_objects`). Objects the model did not draw are counted (the drawn share)
 but not scored. Per class (shape), IoU = Σ intersection / Σ union over its drawn objects; mIoU is the mean
-over classes. The defaults are the best setting DESIGN §8 measured: colour word + noun, the 16×16 layers, the
-last third of 20 DDIM steps, relative threshold 0.5, guidance 1.
+over classes. The defaults are the best setting measured (docs/architecture.md#measured-facts): colour word +
+noun, the 16×16 layers, the last third of 20 DDIM steps, relative threshold 0.5, guidance 1.
 """
 
 from __future__ import annotations
