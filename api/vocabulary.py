@@ -55,6 +55,8 @@ JOB_FAILURE_REASONS = {
 }
 # Failures that end a run of the workload: final for their generation.
 RUN_FAILURES = frozenset({*JOB_FAILURE_REASONS.values(), JOB_FAILED, JOB_LOST})
+# Failures of a dependent that are re-evaluated when a dependency changes (not final on their own).
+DEPENDENCY_REASONS = (DEPENDENCY_FAILED, DEPENDENCY_CYCLE)
 
 # Exit codes of the runtime contract (sysexits where one fits). The operator fails the Job at once on
 # EXIT_INVALID (podFailurePolicy); EXIT_TRANSIENT and any other non-zero code count against backoffLimit.

@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from freeatm.api.references import Key, cycle_through, describe_cycle
+from freeatm.api.vocabulary import (
+    DEPENDENCIES_SUCCEEDED,
+    DEPENDENCY_CYCLE,
+    DEPENDENCY_FAILED,
+    NO_DEPENDENCIES,
+    WAITING_FOR_DEPENDENCIES,
+)
 
 Summary = Mapping[str, Any]  # {"phase", "reason", "outputs", "deps": [[kind, name], ...]}
 Lookup = Callable[[str, str], Summary | None]
-
-# Failure reasons of a dependent that are re-evaluated when a dependency changes (not terminal on their own).
-DEPENDENCY_REASONS = ("DependencyFailed", "DependencyCycle")
 
 
 @dataclass
@@ -29,7 +33,7 @@ class Verdict:
     failed: list[str] = field(default_factory=list)  # Kind/name of Failed dependencies
     cycle: list[Key] | None = None
     outputs: dict[Key, dict[str, Any]] = field(default_factory=dict)  # outputs of Succeeded dependencies
-    reason: str = "NoDependencies"
+    reason: str = NO_DEPENDENCIES
     message: str = "no dependencies"
 
 
@@ -46,10 +50,10 @@ def evaluate(key: Key, deps: list[Key], lookup: Lookup, on_failure: str = "Fail"
         return Verdict(
             ready=False,
             cycle=cycle,
-            reason="DependencyCycle",
+            reason=DEPENDENCY_CYCLE,
             message=f"dependency cycle: {describe_cycle(cycle)}",
         )
-    verdict = Verdict(reason="DependenciesSucceeded", message="all dependencies Succeeded")
+    verdict = Verdict(reason=DEPENDENCIES_SUCCEEDED, message="all dependencies Succeeded")
     notes: list[str] = []
     for kind, name in deps:
         ref = f"{kind}/{name}"
@@ -74,10 +78,10 @@ def evaluate(key: Key, deps: list[Key], lookup: Lookup, on_failure: str = "Fail"
             notes.append(f"{ref} ({phase or 'Pending'})")
     if verdict.failed and on_failure == "Fail":
         verdict.ready = False
-        verdict.reason = "DependencyFailed"
+        verdict.reason = DEPENDENCY_FAILED
         verdict.message = "dependency failed: " + ", ".join(n for n in notes if "(Failed" in n)
     elif verdict.waiting:
         verdict.ready = False
-        verdict.reason = "WaitingForDependencies"
+        verdict.reason = WAITING_FOR_DEPENDENCIES
         verdict.message = "waiting for " + ", ".join(notes)
     return verdict

@@ -26,9 +26,10 @@ import kopf
 from freeatm.api import GROUP, KINDS, VERSION
 from freeatm.api.conditions import now as now_rfc3339
 from freeatm.api.references import dependencies
+from freeatm.api.vocabulary import DEPENDENCY_REASONS
 
 from . import metrics
-from .dependencies import DEPENDENCY_REASONS, Summary
+from .dependencies import Summary
 from .events import Event, event_object
 from .kube import resource_path
 from .observe import ResourceKey

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from freeatm.api.conditions import get_condition
+from freeatm.api.vocabulary import FINAL_PHASES
 
 from . import metrics
 from .act import act, release
@@ -235,7 +236,7 @@ def _count(
     before, after = int(current.get("restarts") or 0), int(desired.get("restarts") or 0)
     if view.job is not None and after > before:
         metrics.RESTARTS.labels(kind).inc(after - before)
-    if current.get("phase") != desired["phase"] and desired["phase"] in ("Succeeded", "Failed") and view.job:
+    if current.get("phase") != desired["phase"] and desired["phase"] in FINAL_PHASES and view.job:
         took = _seconds_between(desired.get("startTime"), desired.get("completionTime"))
         if took is not None:
             metrics.WORKLOAD_SECONDS.labels(kind, desired["phase"]).observe(took)
