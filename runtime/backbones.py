@@ -19,7 +19,9 @@ docs/backbones.md lists the grid each one gives at common sizes.
 
 A MaskPretrainJob writes `<output>/export/backbone.pt` (the backbone's state dict) and
 `<output>/export/metadata.json` (what the backbone is and how it was trained); `load_export` rebuilds it from
-the name and image size written there. `random://<backbone>[?imageSize=N]` loads a randomly initialised
+the name and image size written there. An export may carry more files under export/ (a VLP job's text tower:
+runtime/dual_encoder.py), each with its sha256 in metadata.json's `files`, read back by `read_export_file`.
+`random://<backbone>[?imageSize=N]` loads a randomly initialised
 backbone as a baseline.
 """
 
@@ -146,21 +148,30 @@ def create_backbone(name: str, image_size: int = 224) -> Backbone:
     return Backbone(name, image_size, _resnet(arch, stride))
 
 
-def _state_dict_bytes(backbone: Backbone) -> bytes:
+def state_dict_bytes(module: nn.Module, prefix: str | tuple[str, ...] = "") -> bytes:
+    """`module`'s state dict (the entries whose names start with `prefix`, or one of them) as torch.save bytes, on the CPU."""
     buf = io.BytesIO()
-    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items() if k.startswith(prefix)}
     torch.save(state, buf)
     return buf.getvalue()
 
 
-def save_export(backbone: Backbone, metadata: dict[str, Any], output_uri: str) -> str:
+def save_export(
+    backbone: Backbone,
+    metadata: dict[str, Any],
+    output_uri: str,
+    extra_files: dict[str, bytes] | None = None,
+) -> str:
     """Write export/backbone.pt and export/metadata.json under `output_uri` (atomically); return the weights URI.
 
     The metadata is completed with backbone, imageSize, featureDim and the weights' sha256 (checked by
-    load_export); the weights are written first, so a metadata.json always describes complete weights.
+    load_export); `extra_files` (name → bytes) are written under export/ too, their sha256 in `files` (checked by
+    read_export_file). Every file is written before metadata.json, so a metadata.json always describes complete
+    files.
     """
     store = open_store(output_uri)
-    weights = _state_dict_bytes(backbone)
+    weights = state_dict_bytes(backbone)
+    extra_files = extra_files or {}
     meta = {
         **metadata,
         "backbone": backbone.name,
@@ -169,7 +180,11 @@ def save_export(backbone: Backbone, metadata: dict[str, Any], output_uri: str) -
         "patchSizeOrStride": backbone.patch_size_or_stride,
         "weightsSha256": hashlib.sha256(weights).hexdigest(),
     }
+    if extra_files:
+        meta["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in extra_files.items()}
     store.write_bytes(WEIGHTS_FILE, weights)
+    for name, data in extra_files.items():
+        store.write_bytes(f"{EXPORT_DIR}/{name}", data)
     store.write_bytes(METADATA_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
     return store.url(WEIGHTS_FILE)
 
@@ -240,8 +255,8 @@ def load_export(uri: str) -> tuple[Backbone, dict[str, Any]]:
     digest = meta.get("weightsSha256")
     if digest is None:
         log.warning("%s: written before exports recorded their sha256; loading it unverified", meta_url)
-    elif hashlib.sha256(weights).hexdigest() != digest:
-        raise InvalidInput(f"{weights_url} is corrupt: its sha256 is not the one {meta_url} records")
+    else:
+        _verify(weights, digest, weights_url, meta_url)
     try:
         backbone.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
     except (RuntimeError, EOFError, ValueError, KeyError, TypeError) as e:
@@ -251,3 +266,24 @@ def load_export(uri: str) -> tuple[Backbone, dict[str, Any]]:
         raise InvalidInput(f"{weights_url} is not a readable checkpoint: {type(e).__name__}: {e}") from e
     backbone.eval()
     return backbone, meta
+
+
+def _verify(data: bytes, digest: str, url: str, meta_url: str) -> None:
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise InvalidInput(f"{url} is corrupt: its sha256 is not the one {meta_url} records")
+
+
+def read_export_file(uri: str, name: str, metadata: dict[str, Any]) -> bytes:
+    """The bytes of export/`name` of the export at `uri` (whose metadata.json is `metadata`), checked against the
+    sha256 that metadata records; InvalidInput when it is not recorded, missing or corrupt."""
+    root = _export_root(uri)
+    meta_url, url = join(root, METADATA_FILE), join(root, f"{EXPORT_DIR}/{name}")
+    digest = (metadata.get("files") or {}).get(name)
+    if not isinstance(digest, str):
+        raise InvalidInput(f"{meta_url} records no file {name}")
+    try:
+        data = open_store(root).read_bytes(f"{EXPORT_DIR}/{name}")
+    except MissingKey as e:
+        raise InvalidInput(f"{url} does not exist (metadata.json records it)") from e
+    _verify(data, digest, url, meta_url)
+    return data

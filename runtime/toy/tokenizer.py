@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -12,13 +14,17 @@ MODEL_MAX_LENGTH = 16
 """Tokens per encoded prompt: BOS, up to 11 caption words, EOS, padding."""
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over :data:`~freeatm.runtime.shapes.CAPTION_WORDS` (ids are stable).
+def build_tokenizer(
+    words: Sequence[str] = CAPTION_WORDS, max_length: int = MODEL_MAX_LENGTH
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `words` (default :data:`~freeatm.runtime.shapes.CAPTION_WORDS`, the toy
+    model's vocabulary) encoding `max_length` tokens per prompt; ids are stable: the special tokens, then `words`
+    in order.
 
     Text is lower-cased and split on whitespace and punctuation; every word becomes one token,
     unknown words become ``<unk>``, and each encoding is wrapped in ``<bos>`` ... ``<eos>``.
     """
-    vocab = {word: i for i, word in enumerate((PAD, UNK, BOS, EOS, *CAPTION_WORDS))}
+    vocab = {word: i for i, word in enumerate((PAD, UNK, BOS, EOS, *words))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -33,7 +39,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         unk_token=UNK,
         bos_token=BOS,
         eos_token=EOS,
-        model_max_length=MODEL_MAX_LENGTH,
+        model_max_length=max_length,
         padding_side="right",
         truncation_side="right",
     )
