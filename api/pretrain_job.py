@@ -28,15 +28,20 @@ BACKBONE_GEOMETRY: dict[str, tuple[str, int]] = {
     },
 }
 BACKBONES = tuple(BACKBONE_GEOMETRY)
-MIN_GRID = 4  # mask guidance needs at least this many feature cells per side (DESIGN §2)
+MIN_GRID = (
+    4  # mask guidance needs at least this many feature cells per side (docs/architecture.md#the-method)
+)
 
-# Which Free-ATM fix belongs to which framework (DESIGN §2).
+# Which Free-ATM fix belongs to which framework (docs/architecture.md#the-method).
 FIXES: dict[str, tuple[str, ...]] = {
     "contrastive": ("mask_aware_crop", "object_contrast"),
     "mim": ("guided_masking", "object_weighted_loss"),
+    "vlp": ("region_phrase_alignment",),
 }
 # Fixes that are on by default when useMasks is true (the others are opt-in).
-DEFAULT_ON = {"mask_aware_crop", "object_contrast", "guided_masking"}
+DEFAULT_ON = {"mask_aware_crop", "object_contrast", "guided_masking", "region_phrase_alignment"}
+TEXT_TOKENIZER_SCHEMES = ("toy", "file", "pvc")
+SHAPESBENCH_TOKENIZER = "toy://shapesbench"  # the text tower's built-in tokenizer (runtime/dual_encoder.py)
 
 
 def is_vit(backbone: str) -> bool:
@@ -110,8 +115,9 @@ class DatasetSource(Model):
 class Method(Model):
     """The self-supervised method and which Free-ATM fixes are on."""
 
-    framework: Literal["contrastive", "mim"] = "contrastive"
-    """contrastive (SimCLR) or mim (MAE, ViT backbones)."""
+    framework: Literal["contrastive", "mim", "vlp"] = "contrastive"
+    """contrastive (SimCLR), mim (MAE, ViT backbones) or vlp (CLIP-style image–caption pretraining of the backbone
+    with a text tower, spec.textTower)."""
     use_masks: bool = True
     """Use the dataset's attention masks. false runs exactly the baseline: every fix off."""
     mask_aware_crop: bool | None = None
@@ -122,8 +128,15 @@ class Method(Model):
     """mim: sample masked patches weighted by the object masks, same ratio (default on with useMasks)."""
     object_weighted_loss: bool | None = None
     """mim: weight the reconstruction loss toward object patches (default off)."""
+    region_phrase_alignment: bool | None = None
+    """vlp: align the features pooled inside each object's mask with the text embedding of the object's phrase
+    (its word and modifiers), against the other phrases of the batch (default on with useMasks)."""
+    image_text_loss: bool = True
+    """vlp: train with the global image–caption InfoNCE loss (at `temperature`); false trains the region–phrase
+    term alone."""
     temperature: float = Field(default=0.2, gt=0.0, le=10.0)
-    """contrastive: softmax temperature of the image-level (SimCLR) loss."""
+    """contrastive: softmax temperature of the image-level (SimCLR) loss; vlp: of the global image–caption
+    loss."""
     object_temperature: float = Field(default=0.1, gt=0.0, le=10.0)
     """objectContrast: softmax temperature of the object-level term (DetCon's 0.1)."""
     object_loss_weight: float = Field(default=1.0, ge=0.0, le=100.0)
@@ -138,6 +151,10 @@ class Method(Model):
     hint_share: float = Field(default=0.1, ge=0.0, lt=1.0)
     """guidedMasking: share of each image's object patches kept visible as hints (AttMask-Hints); 0 masks
     object patches first (AttMask-High)."""
+    phrase_temperature: float = Field(default=0.07, gt=0.0, le=10.0)
+    """regionPhraseAlignment: softmax temperature of the region–phrase term."""
+    phrase_loss_weight: float = Field(default=1.0, ge=0.0, le=100.0)
+    """regionPhraseAlignment: weight of the region–phrase term added to the image–caption loss."""
 
     @model_validator(mode="after")
     def _switches(self) -> Method:
@@ -153,6 +170,13 @@ class Method(Model):
                     raise ValueError(
                         f"{name}: true needs useMasks: true (useMasks: false is the plain baseline)"
                     )
+        if "image_text_loss" in self.model_fields_set and self.framework != "vlp":
+            raise ValueError(f"imageTextLoss belongs to framework vlp, not {self.framework}")
+        if self.framework == "vlp" and not self.image_text_loss and not self.fixes()["regionPhraseAlignment"]:
+            raise ValueError(
+                "framework vlp with imageTextLoss: false needs regionPhraseAlignment (and useMasks): "
+                "otherwise nothing is trained"
+            )
         return self
 
     def fixes(self) -> dict[str, bool]:
@@ -163,6 +187,36 @@ class Method(Model):
             )
             for f in FIXES[self.framework]
         }
+
+
+class TextTower(Model):
+    """framework vlp: the text transformer (CLIP's, built from config; nothing is downloaded)."""
+
+    tokenizer: str = SHAPESBENCH_TOKENIZER
+    """toy://shapesbench (one token per ShapesBench caption word) or a file://… or pvc://… directory holding a
+    tokenizer.json and its tokenizer_config.json."""
+    width: int = Field(default=128, ge=8, le=4096)
+    """Hidden size of the transformer (its MLP is 4× wider)."""
+    layers: int = Field(default=2, ge=1, le=48)
+    """Number of transformer blocks stacked in the text encoder."""
+    heads: int = Field(default=4, ge=1, le=64)
+    """Attention heads; must divide width."""
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer(cls, uri: str) -> str:
+        uri = check_uri(uri, TEXT_TOKENIZER_SCHEMES, "textTower.tokenizer")
+        if uri.startswith("toy://") and uri != SHAPESBENCH_TOKENIZER:
+            raise ValueError(
+                f"textTower.tokenizer {uri!r}: the only toy:// tokenizer is {SHAPESBENCH_TOKENIZER}"
+            )
+        return uri
+
+    @model_validator(mode="after")
+    def _heads(self) -> TextTower:
+        if self.width % self.heads:
+            raise ValueError(f"textTower.heads {self.heads} must divide textTower.width {self.width}")
+        return self
 
 
 class Training(Model):
@@ -223,6 +277,8 @@ class MaskPretrainJobSpec(WorkloadSpec):
     grid. vit_*: patch 16, vit_*_patch8 / vit_*_patch4: patch 8 / 4; resnet*: output stride 32 (ImageNet stem),
     resnet*_os8: stride 8 (3×3 stride-1 stem, no max-pool). The grid is imageSize / (patch or stride) per side;
     mask guidance needs at least 4×4."""
+    text_tower: TextTower = Field(default_factory=TextTower)
+    """framework vlp: the text transformer trained beside the backbone."""
     training: Training = Field(default_factory=Training)
     """Optimiser, schedule, batch and crop size, and checkpointing of the training run."""
     distributed: Distributed = Field(default_factory=Distributed)
@@ -232,6 +288,8 @@ class MaskPretrainJobSpec(WorkloadSpec):
 
     @model_validator(mode="after")
     def _consistent(self) -> MaskPretrainJobSpec:
+        if "text_tower" in self.model_fields_set and self.method.framework != "vlp":
+            raise ValueError(f"textTower is only used by framework vlp, not {self.method.framework}")
         if self.method.framework == "mim" and not is_vit(self.backbone):
             raise ValueError(f"framework mim (MAE) needs a ViT backbone (vit_*), not {self.backbone}")
         patch = BACKBONE_GEOMETRY[self.backbone][1]

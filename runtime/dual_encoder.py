@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from freeatm.api.pretrain_job import SHAPESBENCH_TOKENIZER
+
 from .backbones import Backbone, load_export, read_export_file, save_export, state_dict_bytes
 from .errors import InvalidInput
 from .pretrain.contrastive import MAX_OBJECTS, MIN_OBJECT_AREA, cell_weights
 from .shapes import CAPTION_WORDS, CLUTTER_CAPTION_WORDS
 from .storage import local_path
 
-SHAPESBENCH_TOKENIZER = "toy://shapesbench"
 SHAPESBENCH_MAX_LENGTH = 24
 """Tokens per ShapesBench prompt: BOS, up to 15 words (four clutter objects), EOS, padding."""
 TEXT_TOWER_FILE = "text_tower.pt"

@@ -168,6 +168,15 @@ def test_dependencies_include_implicit_refs() -> None:
             "spec.method",
             "belongs to framework mim",
         ),
+        (
+            MPJ,
+            "method",
+            {"framework": "vlp", "imageTextLoss": False, "useMasks": False},
+            "spec.method",
+            "nothing is trained",
+        ),
+        (MPJ, "method", {"imageTextLoss": False}, "spec.method", "belongs to framework vlp"),
+        (MPJ, "textTower", {"width": 64}, "spec", "only used by framework vlp"),
         (MPJ, "distributed", {"nodes": 3, "gpusPerNode": 2}, "spec", "does not split over 6"),
         (MPJ, "training", {"precision": "bf16"}, "spec", "needs GPUs"),
         (EVJ, "benchmarks", [], "spec.benchmarks", "at least 1"),
@@ -207,6 +216,20 @@ def test_method_switches_follow_use_masks() -> None:
         with_spec(MPJ, "method", {"framework": "mim", "objectWeightedLoss": True}), "backbone", "vit_tiny"
     )
     assert parse_resource(mim).spec.method.fixes() == {"guidedMasking": True, "objectWeightedLoss": True}
+    vlp = with_spec(MPJ, "method", {"framework": "vlp"})
+    assert parse_resource(vlp).spec.method.fixes() == {"regionPhraseAlignment": True}
+    vlp_off = with_spec(MPJ, "method", {"framework": "vlp", "useMasks": False})
+    assert parse_resource(vlp_off).spec.method.fixes() == {"regionPhraseAlignment": False}
+
+
+def test_text_tower_is_checked() -> None:
+    vlp = with_spec(MPJ, "method", {"framework": "vlp"})
+    tower = parse_resource(vlp).spec.text_tower
+    assert (tower.tokenizer, tower.width, tower.layers, tower.heads) == ("toy://shapesbench", 128, 2, 4)
+    errors = errors_of(with_spec(vlp, "textTower", {"tokenizer": "hf://openai/clip"}))
+    assert errors[0][0] == "spec.textTower.tokenizer" and "toy://" in errors[0][1], errors
+    errors = errors_of(with_spec(vlp, "textTower", {"width": 100, "heads": 3}))
+    assert "must divide" in errors[0][1], errors
 
 
 def test_what_the_api_server_accepts_still_validates() -> None:
