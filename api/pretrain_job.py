@@ -41,6 +41,7 @@ FIXES: dict[str, tuple[str, ...]] = {
 # Fixes that are on by default when useMasks is true (the others are opt-in).
 DEFAULT_ON = {"mask_aware_crop", "object_contrast", "guided_masking", "region_phrase_alignment"}
 TEXT_TOKENIZER_SCHEMES = ("toy", "file", "pvc")
+PHRASE_TEMPERATURE, PHRASE_LOSS_WEIGHT = 0.07, 1.0  # regionPhraseAlignment's defaults
 SHAPESBENCH_TOKENIZER = "toy://shapesbench"  # the text tower's built-in tokenizer (runtime/dual_encoder.py)
 
 
@@ -131,9 +132,9 @@ class Method(Model):
     region_phrase_alignment: bool | None = None
     """vlp: align the features pooled inside each object's mask with the text embedding of the object's phrase
     (its word and modifiers), against the other phrases of the batch (default on with useMasks)."""
-    image_text_loss: bool = True
+    image_text_loss: bool | None = None
     """vlp: train with the global image–caption InfoNCE loss (at `temperature`); false trains the region–phrase
-    term alone."""
+    term alone (default true)."""
     temperature: float = Field(default=0.2, gt=0.0, le=10.0)
     """contrastive: softmax temperature of the image-level (SimCLR) loss; vlp: of the global image–caption
     loss."""
@@ -151,10 +152,10 @@ class Method(Model):
     hint_share: float = Field(default=0.1, ge=0.0, lt=1.0)
     """guidedMasking: share of each image's object patches kept visible as hints (AttMask-Hints); 0 masks
     object patches first (AttMask-High)."""
-    phrase_temperature: float = Field(default=0.07, gt=0.0, le=10.0)
-    """regionPhraseAlignment: softmax temperature of the region–phrase term."""
-    phrase_loss_weight: float = Field(default=1.0, ge=0.0, le=100.0)
-    """regionPhraseAlignment: weight of the region–phrase term added to the image–caption loss."""
+    phrase_temperature: float | None = Field(default=None, gt=0.0, le=10.0)
+    """regionPhraseAlignment: softmax temperature of the region–phrase term (default 0.07)."""
+    phrase_loss_weight: float | None = Field(default=None, ge=0.0, le=100.0)
+    """regionPhraseAlignment: weight of the region–phrase term added to the image–caption loss (default 1)."""
 
     @model_validator(mode="after")
     def _switches(self) -> Method:
@@ -170,14 +171,26 @@ class Method(Model):
                     raise ValueError(
                         f"{name}: true needs useMasks: true (useMasks: false is the plain baseline)"
                     )
-        if "image_text_loss" in self.model_fields_set and self.framework != "vlp":
-            raise ValueError(f"imageTextLoss belongs to framework vlp, not {self.framework}")
-        if self.framework == "vlp" and not self.image_text_loss and not self.fixes()["regionPhraseAlignment"]:
+        for field in ("image_text_loss", "phrase_temperature", "phrase_loss_weight"):
+            if getattr(self, field) is not None and self.framework != "vlp":
+                name = Method.model_fields[field].alias
+                raise ValueError(f"{name} belongs to framework vlp, not {self.framework}")
+        if self.framework == "vlp" and not self.image_text() and not self.fixes()["regionPhraseAlignment"]:
             raise ValueError(
                 "framework vlp with imageTextLoss: false needs regionPhraseAlignment (and useMasks): "
                 "otherwise nothing is trained"
             )
         return self
+
+    def image_text(self) -> bool:
+        """vlp: whether the global image–caption term is on (imageTextLoss, default true)."""
+        return self.image_text_loss is not False
+
+    def phrase_term(self) -> tuple[float, float]:
+        """regionPhraseAlignment's (temperature, loss weight), defaults filled in."""
+        temperature = PHRASE_TEMPERATURE if self.phrase_temperature is None else self.phrase_temperature
+        weight = PHRASE_LOSS_WEIGHT if self.phrase_loss_weight is None else self.phrase_loss_weight
+        return temperature, weight
 
     def fixes(self) -> dict[str, bool]:
         """The effective switches of this framework's fixes (camelCase names)."""
@@ -277,8 +290,9 @@ class MaskPretrainJobSpec(WorkloadSpec):
     grid. vit_*: patch 16, vit_*_patch8 / vit_*_patch4: patch 8 / 4; resnet*: output stride 32 (ImageNet stem),
     resnet*_os8: stride 8 (3×3 stride-1 stem, no max-pool). The grid is imageSize / (patch or stride) per side;
     mask guidance needs at least 4×4."""
-    text_tower: TextTower = Field(default_factory=TextTower)
-    """framework vlp: the text transformer trained beside the backbone."""
+    text_tower: TextTower | None = None
+    """framework vlp: the text transformer trained beside the backbone (default: tokenizer toy://shapesbench,
+    width 128, 2 layers, 4 heads)."""
     training: Training = Field(default_factory=Training)
     """Optimiser, schedule, batch and crop size, and checkpointing of the training run."""
     distributed: Distributed = Field(default_factory=Distributed)
@@ -288,7 +302,7 @@ class MaskPretrainJobSpec(WorkloadSpec):
 
     @model_validator(mode="after")
     def _consistent(self) -> MaskPretrainJobSpec:
-        if "text_tower" in self.model_fields_set and self.method.framework != "vlp":
+        if self.text_tower is not None and self.method.framework != "vlp":
             raise ValueError(f"textTower is only used by framework vlp, not {self.method.framework}")
         if self.method.framework == "mim" and not is_vit(self.backbone):
             raise ValueError(f"framework mim (MAE) needs a ViT backbone (vit_*), not {self.backbone}")

@@ -176,6 +176,7 @@ def test_dependencies_include_implicit_refs() -> None:
             "nothing is trained",
         ),
         (MPJ, "method", {"imageTextLoss": False}, "spec.method", "belongs to framework vlp"),
+        (MPJ, "method", {"phraseTemperature": 0.1}, "spec.method", "belongs to framework vlp"),
         (MPJ, "textTower", {"width": 64}, "spec", "only used by framework vlp"),
         (MPJ, "distributed", {"nodes": 3, "gpusPerNode": 2}, "spec", "does not split over 6"),
         (MPJ, "training", {"precision": "bf16"}, "spec", "needs GPUs"),
@@ -224,7 +225,10 @@ def test_method_switches_follow_use_masks() -> None:
 
 def test_text_tower_is_checked() -> None:
     vlp = with_spec(MPJ, "method", {"framework": "vlp"})
-    tower = parse_resource(vlp).spec.text_tower
+    assert (
+        parse_resource(vlp).spec.text_tower is None
+    )  # the defaults: unset, so older digests keep their values
+    tower = parse_resource(with_spec(vlp, "textTower", {})).spec.text_tower
     assert (tower.tokenizer, tower.width, tower.layers, tower.heads) == ("toy://shapesbench", 128, 2, 4)
     errors = errors_of(with_spec(vlp, "textTower", {"tokenizer": "hf://openai/clip"}))
     assert errors[0][0] == "spec.textTower.tokenizer" and "toy://" in errors[0][1], errors
