@@ -14,7 +14,9 @@ from .toy import SHAPESBENCH_PARAMS, check_toy_dataset
 
 CHECKPOINT_SCHEMES = ("s3", "pvc", "file")
 DATASET_SCHEMES = ("s3", "pvc", "file", "toy")
-PROTOCOLS = ("linear-probe", "knn", "semseg", "detection", "retrieval", "object-probe", "presence")
+PROTOCOLS = (
+    "linear-probe", "knn", "semseg", "detection", "retrieval", "object-probe", "presence", "zero-shot", "grounding",
+)  # fmt: skip
 FORMATS = ("imagefolder", "voc", "coco", "ade20k", "cityscapes", "shapes", "synthetic")
 
 # Which protocols each dataset format can serve.
@@ -24,8 +26,8 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "coco": ("detection", "retrieval"),
     "ade20k": ("semseg",),
     "cityscapes": ("semseg",),
-    "shapes": ("linear-probe", "knn", "semseg", "detection", "retrieval", "object-probe", "presence"),
-    "synthetic": ("object-probe", "presence", "semseg"),
+    "shapes": PROTOCOLS,
+    "synthetic": ("object-probe", "presence", "semseg", "zero-shot", "grounding"),
 }
 
 
@@ -94,7 +96,7 @@ class Benchmark(Model):
     """One evaluation: a protocol on a dataset."""
 
     name: Literal[PROTOCOLS]  # type: ignore[valid-type]
-    """Protocol: linear-probe, knn, semseg (mIoU), detection (COCO mAP), retrieval (recall@K), object-probe (linear probe on features pooled inside each true object mask: top1, balanced_top1) or presence (multi-label mAP of the classes in an image, from its pooled feature)."""
+    """Protocol: linear-probe, knn, semseg (mIoU), detection (COCO mAP), retrieval (recall@K), object-probe (linear probe on features pooled inside each true object mask: top1, balanced_top1), presence (multi-label mAP of the classes in an image, from its pooled feature), zero-shot (objects classified by the text embeddings of the class names: top1) or grounding (IoU of each object's true mask with its caption phrase's similarity map: mean_iou, iou50). retrieval uses a checkpoint's own text tower when it has one (method.framework vlp), else learns one; zero-shot and grounding need a text tower ("n/a: no text tower" otherwise; at least one checkpoint must have one)."""
     dataset: BenchmarkDataset
     """The dataset the protocol trains on and scores."""
     id: str | None = Field(default=None, pattern=r"^[a-z0-9][-a-z0-9]*$", max_length=63)

@@ -1,7 +1,8 @@
 """`freeatm-runtime evaluate`: score pretrained checkpoints on downstream benchmarks (the EvalJob's pods).
 
 Every benchmark of the spec runs on every checkpoint (a MaskPretrainJob output holding export/backbone.pt and
-export/metadata.json, or random://BACKBONE?imageSize=N as the random-init baseline); the scores land in one
+export/metadata.json, and a text tower when trained with method.framework vlp, or random://BACKBONE?imageSize=N
+as the random-init baseline); the scores land in one
 side-by-side table. Files, in reading order:
 
 - ``job.py``            the run: checkpoints, datasets, resume, progress, metrics, report
@@ -11,7 +12,10 @@ side-by-side table. Files, in reading order:
                         multi-label presence on frozen global features        -> map
 - ``segmentation.py``   BN + 1x1 head on frozen or fine-tuned dense features  -> miou, pixel_acc
 - ``detection.py``      torchvision Faster R-CNN on the backbone               -> map (@[.5:.95]), map50
-- ``retrieval.py``      LiT-style: frozen images, text tower learnt on the fly -> recall@1, recall@5, recall@k
+- ``retrieval.py``      the checkpoint's own text tower, else LiT-style (frozen images, text tower learnt on the
+                        fly)                                                  -> recall@1, recall@5, recall@k
+- ``text_tower.py``     with a VLP checkpoint's own text tower: zero-shot object classification by class names
+                        -> top1; phrase grounding -> mean_iou, iou50 ("n/a: no text tower" without one)
 - ``scores.py``         the metrics (pycocotools; mIoU as torchmetrics' JaccardIndex)
 - ``report.py``         results.json, report.md (side-by-side table), plots/scores.png
 

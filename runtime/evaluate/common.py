@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerFast
 
 from ..backbones import Backbone, load_export
+from ..dual_encoder import DualEncoder, build_text_tokenizer, has_text_tower, load_vlp_export
 from ..errors import InvalidInput
 from .datasets import IGNORE, Sample, Split
 
@@ -35,6 +37,11 @@ class Checkpoint:
     """sha256 over the URI, the metadata and the weights: a changed checkpoint re-runs its benchmarks."""
     device: torch.device = torch.device("cpu")
     """Where the backbone runs."""
+    dual_encoder: DualEncoder | None = None
+    """Both towers when the checkpoint was trained with method.framework vlp (its image tower is `backbone`);
+    None for an image-only checkpoint."""
+    tokenizer: PreTrainedTokenizerFast | None = None
+    """The text tower's tokenizer (with `dual_encoder`)."""
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -63,22 +70,30 @@ def pick_device() -> torch.device:
 
 
 def load_checkpoint(label: str, uri: str) -> Checkpoint:
-    """Build the backbone of `uri` (a MaskPretrainJob output or random://NAME); InvalidInput names what is wrong."""
+    """Build the backbone of `uri` (a MaskPretrainJob output or random://NAME) and, when the export holds one,
+    its text tower; InvalidInput names what is wrong."""
+    dual_encoder, tokenizer = None, None
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # random://: the same random baseline in every run (and after a restart)
             backbone, metadata = load_export(uri)
+        if has_text_tower(metadata):
+            dual_encoder, metadata = load_vlp_export(uri)
+            backbone = dual_encoder.backbone
+            tokenizer = build_text_tokenizer(str(metadata["textTower"]["tokenizer"]))
     except InvalidInput as e:
         raise InvalidInput(f"checkpoint {label}: {e}") from e
-    backbone.eval().requires_grad_(False)
+    model: nn.Module = dual_encoder if dual_encoder is not None else backbone
+    model.eval().requires_grad_(False)
     digest = hashlib.sha256(uri.encode())
     digest.update(json.dumps(metadata, sort_keys=True, default=str).encode())
     if not uri.startswith("random://"):  # random weights are random: identify them by the recipe only
-        for name, tensor in sorted(backbone.state_dict().items()):
+        for name, tensor in sorted(model.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     device = pick_device()
-    return Checkpoint(label, uri, backbone.to(device), metadata, digest.hexdigest(), device)
+    model.to(device)
+    return Checkpoint(label, uri, backbone, metadata, digest.hexdigest(), device, dual_encoder, tokenizer)
 
 
 @dataclass
@@ -234,7 +249,7 @@ def _object_pass(
         keep_dense = keep_dense and fits_cache(len(split), dense[0].numel() * dense.element_size())
         dense_maps.append(dense if keep_dense else dense[:0])
         for sample, fmap in zip(chunk, dense, strict=True):
-            instances = _instances_of(sample, split.where)
+            instances = instance_map(sample, split.where)
             ids = torch.arange(1, len(sample.object_labels) + 1)
             # Area share of each object in each feature cell: the whole image maps onto the grid.
             weights = F.adaptive_avg_pool2d((instances[None] == ids[:, None, None]).float(), fmap.shape[1:])
@@ -250,7 +265,13 @@ def _object_pass(
     )
 
 
-def _instances_of(sample: Sample, where: str) -> Tensor:
+def load_instances(samples: list[Sample], size: int, where: str) -> Tensor:
+    """[N, size, size] instance maps (nearest neighbour; checked against their images' sizes)."""
+    return torch.stack([resize_mask(instance_map(s, where).numpy(), size) for s in samples])
+
+
+def instance_map(sample: Sample, where: str) -> Tensor:
+    """The H x W instance map of `sample` (0 = background, k = its k-th object), checked against its image."""
     if sample.load_instances is None:
         raise InvalidInput(f"{where}: image {sample.id} has no object masks")
     instances = sample.load_instances()
@@ -281,8 +302,10 @@ __all__ = [
     "Settings",
     "dense_features",
     "image_batches",
+    "instance_map",
     "labels_of",
     "load_checkpoint",
+    "load_instances",
     "load_masks",
     "object_features",
     "pooled_features",

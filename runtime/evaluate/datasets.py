@@ -95,6 +95,9 @@ class Sample:
     """objects: H x W int64 instance map, 0 = background, k = the k-th entry of object_labels."""
     object_labels: list[int] = field(default_factory=list)
     """objects: class index of each object, in instance order."""
+    object_records: list[dict[str, Any]] = field(default_factory=list)
+    """objects: each object's record in instance order (word, modifiers, label), naming its phrase in the
+    image's caption (captions[0]) for the text-tower protocols."""
     size: tuple[int, int] | None = None
     """(height, width) when the annotations tell it without decoding the image."""
 
@@ -576,6 +579,11 @@ def _shapes_sample(scene: Any, names: list[str], task: Task) -> Sample:
         instances = scene.label_map()
         sample.load_instances = lambda: instances
         sample.object_labels = [names.index(obj.shape) for obj in scene.objects]
+        sample.captions = [scene.caption]
+        sample.object_records = [
+            {"word": obj.word, "modifiers": list(obj.modifiers), "label": k}
+            for k, obj in enumerate(scene.objects, start=1)
+        ]
     else:
         sample.captions = [scene.caption]
     return sample
@@ -613,7 +621,11 @@ def _synthetic(root: Path, split: str, task: Task) -> Split:
 
 def _synthetic_sample(raw: dict[str, Any], classes: list[str], task: Task, where: str) -> Sample:
     """A sample of the undecoded tar members `raw`: its image and label map decode on demand."""
-    labels = _synthetic_labels(raw, classes, where)
+    prompt, records = _synthetic_record(raw, where)
+    missing = sorted({str(o["class"]) for o in records} - set(classes))
+    if missing:
+        raise InvalidInput(f"{where}: class list mismatch: {missing} not in the manifest's classes {classes}")
+    labels = [classes.index(str(o["class"])) for o in records]
     for member in (IMAGE, MASK):
         if member not in raw:
             raise InvalidInput(f"{where}: no .{member} member")
@@ -637,6 +649,7 @@ def _synthetic_sample(raw: dict[str, Any], classes: list[str], task: Task, where
     sample = Sample(str(raw["__key__"]).rsplit("/", 1)[-1], image)
     if task == "objects":
         sample.load_instances, sample.object_labels = instances, labels
+        sample.captions, sample.object_records = [prompt], records
     else:
         lut = np.array([0, *(c + 1 for c in labels)], dtype=np.int64)
         sample.load_mask = lambda: lut[instances()]
@@ -651,18 +664,16 @@ def _decode(data: bytes, where: str, mode: str | None) -> np.ndarray:
         raise InvalidInput(f"{where}: corrupt or unreadable image or label map ({e})") from e
 
 
-def _synthetic_labels(raw: dict[str, Any], classes: list[str], where: str) -> list[int]:
-    """The class index of each object of a sample's record, in label order."""
+def _synthetic_record(raw: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
+    """A sample record's prompt and its objects in label order."""
     try:
         record = json.loads(raw[RECORD])
         objects = sorted(record["objects"], key=lambda o: int(o["label"]))
-        names = [str(o["class"]) for o in objects]
+        for o in objects:
+            o["class"], o["word"] = str(o["class"]), str(o["word"])
+        return str(record["prompt"]), objects
     except (KeyError, TypeError, ValueError) as e:
         raise InvalidInput(f"{where}: corrupt record (.json: {e})") from e
-    missing = sorted(set(names) - set(classes))
-    if missing:
-        raise InvalidInput(f"{where}: class list mismatch: {missing} not in the manifest's classes {classes}")
-    return [classes.index(n) for n in names]
 
 
 _READERS: dict[str, Callable[[Path, str, Task], Split]] = {

@@ -40,10 +40,11 @@ from .report import write_report
 from .retrieval import run_retrieval
 from .scores import require_coco_tools
 from .segmentation import run_semseg
+from .text_tower import NO_TEXT_TOWER, run_grounding, run_zero_shot
 
 log = logging.getLogger("freeatm.evaluate")
 
-EVAL_VERSION = 1  # bump when a protocol changes so that old result files are recomputed
+EVAL_VERSION = 2  # bump when a protocol or a run file changes so that old result files are recomputed
 
 Protocol = Callable[[Checkpoint, Split, Split, Settings], dict[str, float]]
 PROTOCOLS: dict[str, tuple[Task, Protocol]] = {
@@ -54,7 +55,11 @@ PROTOCOLS: dict[str, tuple[Task, Protocol]] = {
     "retrieval": ("retrieval", run_retrieval),
     "object-probe": ("objects", run_object_probe),
     "presence": ("objects", run_presence),
+    "zero-shot": ("objects", run_zero_shot),
+    "grounding": ("objects", run_grounding),
 }
+# The protocols that only a checkpoint with a text tower can run (text_tower.py).
+NEEDS_TEXT_TOWER = ("zero-shot", "grounding")
 # (epochs, lr) when the benchmark leaves them unset: fast on CPU at toy sizes, sensible beyond.
 DEFAULTS: dict[str, tuple[int, float]] = {
     "linear-probe": (100, 1e-2),
@@ -64,6 +69,8 @@ DEFAULTS: dict[str, tuple[int, float]] = {
     "retrieval": (40, 3e-3),
     "object-probe": (100, 1e-2),
     "presence": (100, 1e-2),
+    "zero-shot": (1, 0.0),
+    "grounding": (1, 0.0),
 }
 
 # The parameters each protocol uses (what the report shows).
@@ -75,6 +82,8 @@ SHOWN_SETTINGS: dict[str, tuple[str, ...]] = {
     "retrieval": ("epochs", "lr", "batchSize", "imageSize", "k"),
     "object-probe": ("epochs", "lr", "batchSize", "imageSize"),
     "presence": ("epochs", "lr", "batchSize", "imageSize"),
+    "zero-shot": ("batchSize", "imageSize"),
+    "grounding": ("batchSize", "imageSize"),
 }
 
 
@@ -105,6 +114,28 @@ def slug(text: str) -> str:
     """A file-name-safe, collision-free form of a label."""
     clean = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:48] or "x"
     return clean if clean == text else f"{clean}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def text_side(bench: Benchmark, ckpt: Checkpoint) -> str | None:
+    """What the report says about the text side of a run: which tower scored retrieval, or that a text-tower
+    protocol has nothing to score on an image-only checkpoint; None when the protocol reads no text."""
+    if bench.name == "retrieval":
+        return "own text tower" if ckpt.dual_encoder is not None else "LiT: text tower learnt here"
+    if bench.name in NEEDS_TEXT_TOWER and ckpt.dual_encoder is None:
+        return NO_TEXT_TOWER
+    return None
+
+
+def check_text_towers(benchmarks: list[Benchmark], checkpoints: list[Checkpoint]) -> None:
+    """A text-tower benchmark needs at least one checkpoint with a text tower."""
+    if any(c.dual_encoder is not None for c in checkpoints):
+        return
+    asked = [b.key() for b in benchmarks if b.name in NEEDS_TEXT_TOWER]
+    if asked:
+        raise InvalidInput(
+            f"benchmark {', '.join(asked)} needs a checkpoint with a text tower (a MaskPretrainJob with "
+            f"method.framework vlp); none of {', '.join(c.label for c in checkpoints)} has one"
+        )
 
 
 def run_digest(ckpt: Checkpoint, bench: Benchmark) -> str:
@@ -150,6 +181,7 @@ def run(resource: EvalJob) -> dict[str, Any]:
         if source.uri is None:
             raise InvalidInput(f"checkpoint {source.name()}: ref {source.ref!r} was not resolved to a URI")
         checkpoints.append(load_checkpoint(source.name(), source.uri))
+    check_text_towers(spec.benchmarks, checkpoints)
 
     pending = {
         bench.key(): {
@@ -225,8 +257,9 @@ def _run_one(ckpt: Checkpoint, bench: Benchmark, train: Split, val: Split, diges
     )  # fmt: skip
     torch.manual_seed(settings.seed)
     start = time.monotonic()
+    note = text_side(bench, ckpt)
     try:
-        scores = PROTOCOLS[bench.name][1](ckpt, train, val, settings)
+        scores = {} if note == NO_TEXT_TOWER else PROTOCOLS[bench.name][1](ckpt, train, val, settings)
     except torch.OutOfMemoryError as e:  # a retry on the same machine cannot help
         raise InvalidInput(
             f"benchmark {bench.key()} on checkpoint {ckpt.label} ran out of memory at batchSize "
@@ -242,8 +275,8 @@ def _run_one(ckpt: Checkpoint, bench: Benchmark, train: Split, val: Split, diges
         "k": settings.k,
         "finetune": settings.finetune,
     }
-    log.info("%s on %s: %s (%.1f s)", bench.key(), ckpt.label, scores, seconds)
-    return {
+    log.info("%s on %s: %s (%.1f s)", bench.key(), ckpt.label, scores or note, seconds)
+    result: dict[str, Any] = {
         "checkpoint": ckpt.label,
         "checkpointUri": ckpt.uri,
         "benchmark": bench.key(),
@@ -255,3 +288,6 @@ def _run_one(ckpt: Checkpoint, bench: Benchmark, train: Split, val: Split, diges
         "valImages": len(val),
         "seconds": round(seconds, 2),
     }
+    if note is not None:
+        result["note"] = note
+    return result

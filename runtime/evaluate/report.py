@@ -1,5 +1,8 @@
 """The EvalJob's report: results.json (everything, machine-readable), report.md (side-by-side Markdown table,
-one column per checkpoint, best score in bold) and plots/scores.png (grouped bars)."""
+one column per checkpoint, best score in bold) and plots/scores.png (grouped bars).
+
+A run's note (job.text_side) labels its cells in report.md: which text tower scored retrieval, or
+"n/a: no text tower" in the rows of a text-tower protocol that an image-only checkpoint cannot run."""
 
 from __future__ import annotations
 
@@ -14,8 +17,12 @@ RESULTS_FILE = "results.json"
 PLOT_FILE = "plots/scores.png"
 
 
-def markdown_table(rows: list[dict[str, Any]], checkpoints: list[str]) -> str:
-    """Rows (benchmark, metric) x columns (checkpoints); the best value of each row in bold."""
+def markdown_table(
+    rows: list[dict[str, Any]], checkpoints: list[str], notes: dict[tuple[str, str], str] | None = None
+) -> str:
+    """Rows (benchmark, metric) x columns (checkpoints); the best value of each row in bold; `notes`
+    ((benchmark, checkpoint) -> text) follow the value of their cells or stand for a missing one."""
+    notes = notes or {}
     keys: list[tuple[str, str]] = []
     values: dict[tuple[str, str, str], float] = {}
     for r in rows:
@@ -34,8 +41,10 @@ def markdown_table(rows: list[dict[str, Any]], checkpoints: list[str]) -> str:
         cells = []
         for c in checkpoints:
             v = values.get((bench, metric, c))
-            text = "–" if v is None else f"{v:.4f}"
-            cells.append(f"**{text}**" if v is not None and v == best else text)
+            note = notes.get((bench, c))
+            text = (note or "–") if v is None else f"{v:.4f}"
+            text = f"**{text}**" if v is not None and v == best else text
+            cells.append(f"{text} ({note})" if v is not None and note else text)
         if delta:
             a, b = (values.get((bench, metric, c)) for c in checkpoints)
             cells.append("–" if a is None or b is None else f"{b - a:+.4f}")
@@ -53,9 +62,10 @@ def render_markdown(
     benchmarks: list[dict[str, Any]],
     rows: list[dict[str, Any]],
     plot: bool,
+    notes: dict[tuple[str, str], str] | None = None,
 ) -> str:
     out = [f"# Evaluation: {job}", "", "## Results", ""]
-    out.append(markdown_table(rows, [c["label"] for c in checkpoints]))
+    out.append(markdown_table(rows, [c["label"] for c in checkpoints], notes))
     out += ["", "Bold: the best checkpoint of the row. Scores are fractions (1.0 = 100%)."]
     if plot:
         out += ["", f"![scores]({PLOT_FILE})"]
@@ -134,7 +144,8 @@ def write_report(
     png = render_plot(rows, labels)
     if png:
         store.write_bytes(PLOT_FILE, png)
+    notes = {(r["benchmark"], r["checkpoint"]): r["note"] for r in runs if r.get("note")}
     store.write_bytes(
-        REPORT_FILE, render_markdown(job, checkpoints, benchmarks, rows, png is not None).encode()
+        REPORT_FILE, render_markdown(job, checkpoints, benchmarks, rows, png is not None, notes).encode()
     )
     return store.url(REPORT_FILE)

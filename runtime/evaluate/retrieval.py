@@ -1,13 +1,18 @@
-"""Image-text retrieval, recall@K, in the "locked image" style (LiT): the backbone stays frozen and a small text
-tower is trained on the fly on the training split's captions.
+"""Image-text retrieval, recall@K on the scored split's captions, with one of two text sides: the checkpoint's
+own text tower when it has one (method.framework vlp), else a text tower learnt here on the fly.
 
-Backbones exported by freeatm are image-only, so the text tower is always learnt here: a word-level vocabulary
-from the training captions, mean-pooled word embeddings and a linear map into a shared 128-d space beside a
-linear projection of the frozen global image features, trained with the symmetric CLIP loss. The text tower is
-a bag of words (it cannot tell "a red circle and a blue square" from "a blue circle and a red square"): the
-score compares image features under one fixed, weak text model, it is not a CLIP-grade number. Recall counts a
-hit when a retrieved caption (image->text) or image (text->image) carries the same caption text, so identical
-captions of different images are not counted as misses. The row value is the mean of both directions.
+Own text tower (text_tower.text_tower_similarity): both towers' global embeddings as exported, nothing is
+trained. Learnt on the fly, in the "locked image" style (LiT): the backbone stays frozen and a small text tower
+is trained on the training split's captions: a word-level vocabulary from the training captions, mean-pooled
+word embeddings and a linear map into a shared 128-d space beside a linear projection of the frozen global image
+features, trained with the symmetric CLIP loss. That tower is a bag of words (it cannot tell "a red circle and a
+blue square" from "a blue circle and a red square"): the score compares image features under one fixed, weak
+text model, it is not a CLIP-grade number. The run records which side was used (job.text_side) and the report
+labels each cell with it, so the two protocols share one benchmark name and one row.
+
+Recall counts a hit when a retrieved caption (image->text) or image (text->image) carries the same caption text,
+so identical captions of different images are not counted as misses. The row value is the mean of both
+directions.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ..errors import InvalidInput
 from .common import Checkpoint, Settings, pooled_features
 from .datasets import Split
 from .scores import recall_at_k
+from .text_tower import text_tower_similarity
 
 EMBED_DIM = 128
 TEMPERATURE = 0.07
@@ -59,9 +65,30 @@ def _pairs(split: Split) -> tuple[list[int], list[str]]:
 
 
 def run_retrieval(ckpt: Checkpoint, train: Split, val: Split, settings: Settings) -> dict[str, float]:
+    val_img, val_cap = _pairs(val)
+    unique = sorted(set(val_cap))
+    if ckpt.dual_encoder is not None:
+        sim = text_tower_similarity(ckpt, val, unique, settings)
+    else:
+        sim = _learnt_tower_similarity(ckpt, train, val, unique, settings)
+    position = {c: j for j, c in enumerate(unique)}
+    relevant = torch.zeros(len(val.samples), len(unique), dtype=torch.bool)
+    for i, c in zip(val_img, val_cap, strict=True):
+        relevant[i, position[c]] = True
+    scores = {}
+    for k in sorted({1, 5, settings.k}):
+        i2t = recall_at_k(sim, relevant, k)
+        t2i = recall_at_k(sim.T, relevant.T, k)
+        scores[f"recall@{k}"] = (i2t + t2i) / 2
+    return scores
+
+
+def _learnt_tower_similarity(
+    ckpt: Checkpoint, train: Split, val: Split, captions: list[str], settings: Settings
+) -> Tensor:
+    """[val images, captions] similarities under a text tower trained here on `train` (LiT)."""
     train_x, val_x = pooled_features(ckpt, train, settings), pooled_features(ckpt, val, settings)
     train_img, train_cap = _pairs(train)
-    val_img, val_cap = _pairs(val)
     vocab: dict[str, int] = {}
     for caption in train_cap:
         for w in _words(caption):
@@ -98,17 +125,4 @@ def run_retrieval(ckpt: Checkpoint, train: Split, val: Split, settings: Settings
             sched.step()
 
     with torch.no_grad():
-        zi = embed_images(val_x)
-        unique = sorted(set(val_cap))
-        zt = text.encode(unique)
-        sim = zi @ zt.T  # images x unique captions
-        position = {c: j for j, c in enumerate(unique)}
-        relevant = torch.zeros(len(val.samples), len(unique), dtype=torch.bool)
-        for i, c in zip(val_img, val_cap, strict=True):
-            relevant[i, position[c]] = True
-    scores = {}
-    for k in sorted({1, 5, settings.k}):
-        i2t = recall_at_k(sim, relevant, k)
-        t2i = recall_at_k(sim.T, relevant.T, k)
-        scores[f"recall@{k}"] = (i2t + t2i) / 2
-    return scores
+        return embed_images(val_x) @ text.encode(captions).T
