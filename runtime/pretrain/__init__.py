@@ -3,6 +3,7 @@
 data.py         stream the dataset's shards, paired image+mask augmentation, mask-aware crops
 contrastive.py  SimCLR + the DetCon-style object term
 mim.py          MAE on a timm ViT + guided masking and object-weighted loss
+vlp.py          CLIP-style image–caption InfoNCE + the region–phrase term (runtime/dual_encoder.py's model)
 distributed.py  torchrun env:// set-up, gloo/NCCL
 checkpoint.py   atomic checkpoints, resume from the newest valid one
 loop.py         the training loop and the final export (runtime/backbones.py writes it)

@@ -15,12 +15,18 @@ Augmentation. Geometric operations (crop, resize, flip) apply identically to the
 and places each view's crop so that it keeps at least `min_object_share` of that object's pixels; the crop's
 size and aspect, the flip and the colour jitter are drawn exactly as the baseline draws them, from the same
 random numbers (see `object_box`), and a crop that cannot keep the object is counted, never hidden.
+
+Captions (framework vlp). Each sample's record (`KEY.json`) gives its prompt, tokenized for the text tower, and
+with regionPhraseAlignment its objects, whose phrases become token masks (`Captions`); a prompt the tokenizer
+cannot encode, or a record without object words, is the dataset's fault (InvalidInput), checked over the first
+shard before training starts (`check_captions`) and in every batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -31,7 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..dataset_format import IMAGE, MANIFEST, MASK, parse_manifest, shard_samples
+from ..dataset_format import IMAGE, MANIFEST, MASK, RECORD, parse_manifest, shard_samples
+from ..dual_encoder import phrase_mask, tokenize
 from ..errors import InvalidInput
 from ..storage import MissingKey, cached_store, join, open_store
 
@@ -149,6 +156,64 @@ def decode(sample: dict[str, Any], want_mask: bool) -> tuple[torch.Tensor, np.nd
         return image, np.array(mask_img, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for bytes that are not a valid PNG
         raise InvalidInput(f"{where}: corrupt image or mask PNG ({type(e).__name__}: {e})") from e
+
+
+# --- captions ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Captions:
+    """vlp: how a sample's prompt becomes "input_ids"/"attention_mask", and with `phrases` its objects' phrases
+    "phrase_mask" (dual_encoder.tokenize and phrase_mask)."""
+
+    tokenizer: Any  # a transformers PreTrainedTokenizerFast
+    phrases: bool
+
+    def encode(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids, attention, masks = [], [], []
+        for sample in samples:
+            where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
+            prompt, objects = self._record(sample, where)
+            try:
+                i, a = tokenize(self.tokenizer, [prompt])
+                if self.phrases:
+                    masks.append(phrase_mask(self.tokenizer, prompt, objects))
+            except InvalidInput as e:
+                raise InvalidInput(f"{where}: {e}") from e
+            ids.append(i[0])
+            attention.append(a[0])
+        out = {"input_ids": torch.stack(ids), "attention_mask": torch.stack(attention)}
+        if self.phrases:
+            out["phrase_mask"] = torch.stack(masks)
+        return out
+
+    def _record(self, sample: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
+        try:
+            record = json.loads(sample[RECORD])
+        except KeyError as e:
+            raise InvalidInput(f"{where} has no .{RECORD} record: framework vlp trains on its prompt") from e
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidInput(f"{where}: its .{RECORD} record is not valid JSON: {e}") from e
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidInput(f"{where}: its record has no prompt, which framework vlp trains on")
+        objects = record.get("objects")
+        if self.phrases and not (
+            isinstance(objects, list)
+            and objects
+            and all(isinstance(o, dict) and isinstance(o.get("word"), str) for o in objects)
+        ):
+            raise InvalidInput(
+                f"{where}: its record has no object words (objects[].word), which regionPhraseAlignment aligns "
+                "with the masks; set useMasks: false for the baseline"
+            )
+        return prompt, objects or []
+
+
+def check_captions(info: DatasetInfo, captions: Captions) -> None:
+    """Encode every caption of the dataset's first shard: InvalidInput before training when it cannot."""
+    for sample in iter_raw(info.uri, info.shards[:1]):
+        captions.encode([sample])
 
 
 # --- augmentation -----------------------------------------------------------------------------------------------
@@ -323,14 +388,16 @@ class StreamConfig:
     views: int  # 2: contrastive pair; 1: MIM
     augment: Augment
     want_masks: bool
+    captions: Captions | None = None  # vlp: the prompts' tokens (and phrase masks)
 
 
 class ShardStream(IterableDataset):
     """Yields this rank's batches of one epoch (set with `set_epoch`), skipping the first `skip` batches.
 
     Each loader worker produces every `workers`-th batch of the epoch from its own part of the rank's data; the
-    DataLoader interleaves them back into order. A batch is a dict: "index" [B] and "view1"/"view2" (contrastive) or "image" (MIM),
-    with "mask1"/"mask2"/"mask" label maps when masks are used, and "objectCrops" ([mask-aware crops made, missed]).
+    DataLoader interleaves them back into order. A batch is a dict: "index" [B] and "view1"/"view2" (contrastive)
+    or "image" (MIM, VLP), with "mask1"/"mask2"/"mask" label maps when masks are used, the Captions' tensors
+    (VLP), and "objectCrops" ([mask-aware crops made, missed]).
     """
 
     def __init__(self, cfg: StreamConfig) -> None:
@@ -403,6 +470,8 @@ class ShardStream(IterableDataset):
                     made += 1
                     missed += not params.kept
         batch = {k: torch.stack(v) for k, v in out.items() if v}
+        if cfg.captions is not None:
+            batch.update(cfg.captions.encode(raw))
         batch["index"] = torch.tensor([s["index"] for s in raw], dtype=torch.long)
         batch["objectCrops"] = torch.tensor([made, missed], dtype=torch.long)
         return batch

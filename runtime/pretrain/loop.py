@@ -22,17 +22,30 @@ from torch.utils.data import DataLoader
 
 from freeatm.api import MaskPretrainJob
 from freeatm.api.digest import spec_digest
+from freeatm.api.pretrain_job import TextTower
 
 from .. import metrics
 from ..backbones import METADATA_FILE, WEIGHTS_FILE, Backbone, create_backbone, save_export
+from ..dual_encoder import build_text_tokenizer, save_vlp_export
 from ..errors import InvalidInput
 from ..progress import reporter
 from ..storage import MissingKey, cached_store
 from . import checkpoint
 from .contrastive import ContrastiveModel
-from .data import MEAN, STD, Augment, DatasetInfo, ShardStream, StreamConfig, open_dataset
+from .data import (
+    MEAN,
+    STD,
+    Augment,
+    Captions,
+    DatasetInfo,
+    ShardStream,
+    StreamConfig,
+    check_captions,
+    open_dataset,
+)
 from .distributed import DistInfo, all_gather_object, barrier, setup, teardown
 from .mim import MAEModel
+from .vlp import VLPModel
 
 log = logging.getLogger("freeatm.pretrain")
 
@@ -41,6 +54,7 @@ TRACE_ENV = (
 )
 CONTRASTIVE_SCALE = (0.08, 1.0)  # SimCLR's RandomResizedCrop
 MIM_SCALE = (0.2, 1.0)  # MAE's
+VLP_SCALE = (0.5, 1.0)  # milder: the caption names the objects, so a crop keeps most of the image
 LR_REFERENCE_BATCH = 256  # the peak learning rate is training.lr × batchSize / 256
 
 
@@ -49,6 +63,8 @@ def training_digest(resource: MaskPretrainJob, dataset_digest: str) -> str:
     lives: a moved dataset keeps its checkpoints), method, backbone and training settings."""
     spec = resource.spec.to_wire()
     relevant = {k: spec.get(k) for k in ("dataset", "method", "backbone", "training")}
+    if "textTower" in spec:  # only vlp sets it; other specs keep the digests they had before it existed
+        relevant["textTower"] = spec["textTower"]
     relevant["dataset"] = {"digest": dataset_digest}
     for operational in ("loaderWorkers", "checkpointEvery"):  # change how, not what, is trained
         relevant["training"].pop(operational, None)
@@ -157,15 +173,18 @@ class Trainer:
         self.steps_per_epoch = self.info.images // self.training.batch_size
         self.total_steps = self.steps_per_epoch * self.training.epochs
         contrastive = self.method.framework == "contrastive"
-        if self.method.framework not in ("contrastive", "mim"):
-            raise InvalidInput(
-                f"method.framework {self.method.framework!r} is not implemented yet (contrastive, mim)"
-            )
+        vlp = self.method.framework == "vlp"
         want_masks = any(self.fixes.values())
+        self.text_tower = spec.text_tower or TextTower()
+        captions = None
+        if vlp:  # the captions are checked before anything is written
+            self.tokenizer = build_text_tokenizer(self.text_tower.tokenizer)
+            captions = Captions(self.tokenizer, phrases=self.fixes["regionPhraseAlignment"])
+            check_captions(self.info, captions)
         augment = Augment(
             size=self.training.image_size,
-            scale=CONTRASTIVE_SCALE if contrastive else MIM_SCALE,
-            colour=contrastive,
+            scale=CONTRASTIVE_SCALE if contrastive else VLP_SCALE if vlp else MIM_SCALE,
+            colour=contrastive,  # not for vlp either: captions name the colours
             mask_aware=self.fixes.get("maskAwareCrop", False),
             min_object_share=self.method.min_object_share,
         )
@@ -180,6 +199,7 @@ class Trainer:
                 views=2 if contrastive else 1,
                 augment=augment,
                 want_masks=want_masks,
+                captions=captions,
             )
         )
 
@@ -193,6 +213,20 @@ class Trainer:
                 object_contrast=self.fixes.get("objectContrast", False),
                 object_temperature=self.method.object_temperature,
                 object_loss_weight=self.method.object_loss_weight,
+            )
+        elif vlp:
+            phrase_temperature, phrase_loss_weight = self.method.phrase_term()
+            self.model = VLPModel(
+                self.backbone,
+                self.tokenizer,
+                width=self.text_tower.width,
+                layers=self.text_tower.layers,
+                heads=self.text_tower.heads,
+                temperature=self.method.temperature,
+                image_text_loss=self.method.image_text(),
+                region_phrase=self.fixes["regionPhraseAlignment"],
+                phrase_temperature=phrase_temperature,
+                phrase_loss_weight=phrase_loss_weight,
             )
         else:
             if not self.backbone.is_vit:
@@ -426,7 +460,9 @@ class Trainer:
         progress.update(
             self.step, force=True, epoch=self.training.epochs, step=self.step, loss=round(self.last_loss, 5)
         )
-        if self.dist.is_main:
+        if self.dist.is_main and isinstance(self.model, VLPModel):
+            save_vlp_export(self.model, self.text_tower.tokenizer, self.metadata(), self.output)
+        elif self.dist.is_main:
             save_export(self.backbone, self.metadata(), self.output)
         barrier()
         return outputs
