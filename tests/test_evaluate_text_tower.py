@@ -43,6 +43,7 @@ from freeatm.runtime.evaluate.text_tower import (  # noqa: E402
     run_grounding,
     run_zero_shot,
 )
+from freeatm.runtime.toy.tokenizer import build_tokenizer  # noqa: E402
 
 SHAPES = "toy://shapesbench/val?images=12"
 SETTINGS = Settings(epochs=1, lr=0.0, batch_size=5, image_size=32, k=5, finetune=False)
@@ -215,3 +216,21 @@ def test_zero_shot_and_grounding_on_the_synthetic_format(tmp_path: Path) -> None
     ckpt = load_checkpoint("vlp", vlp_export(tmp_path / "vlp"))
     assert 0.0 <= run_zero_shot(ckpt, split, split, SETTINGS)["top1"] <= 1.0
     assert 0.0 <= run_grounding(ckpt, split, split, SETTINGS)["mean_iou"] <= 1.0
+
+
+def test_a_text_tower_that_cannot_encode_the_captions_fails_before_any_work(tmp_path: Path) -> None:
+    plain_words = tmp_path / "tokenizer"
+    build_tokenizer(shapes.CAPTION_WORDS, 24).save_pretrained(plain_words)  # no clutter hue or shape
+    torch.manual_seed(0)
+    model = DualEncoder(create_backbone("resnet_test_os8", 32), build_text_tokenizer(plain_words.as_uri()))
+    meta = {"framework": "vlp", "backbone": "resnet_test_os8", "imageSize": 32}
+    save_vlp_export(model, plain_words.as_uri(), meta, (tmp_path / "vlp").as_uri())
+    ds = {"format": "shapes", "uri": "toy://shapesbench/val?variant=clutter&images=4"}
+    doc = eval_job(
+        tmp_path / "eval",
+        [{"uri": (tmp_path / "vlp").as_uri(), "label": "plain-words"}],
+        [{"name": "knn", "dataset": ds}, {"name": "grounding", "dataset": ds}],
+    )
+    with pytest.raises(InvalidInput, match=r"checkpoint plain-words on .*clutter.*cannot encode"):
+        job.run(parse_resource(doc))  # type: ignore[arg-type]
+    assert not (tmp_path / "eval").exists()

@@ -1,8 +1,9 @@
 """Run an EvalJob: every benchmark on every checkpoint, resumable, then the report.
 
 Read top to bottom: load every checkpoint (bad ones fail before any work), open the datasets of the benchmarks
-that still have work (bad data fails before any training), run each (checkpoint, benchmark) pair whose result
-file is missing or stale, write its result file at once (a restarted pod skips it), then write the report.
+that still have work and check that every text tower can encode their text (bad data fails before any
+training), run each (checkpoint, benchmark) pair whose result file is missing or stale, write its result file
+at once (a restarted pod skips it), then write the report.
 
 Output layout::
 
@@ -40,7 +41,7 @@ from .report import write_report
 from .retrieval import run_retrieval
 from .scores import require_coco_tools
 from .segmentation import run_semseg
-from .text_tower import NO_TEXT_TOWER, run_grounding, run_zero_shot
+from .text_tower import NO_TEXT_TOWER, check_encodable, run_grounding, run_zero_shot
 
 log = logging.getLogger("freeatm.evaluate")
 
@@ -190,6 +191,11 @@ def run(resource: EvalJob) -> dict[str, Any]:
         for bench in spec.benchmarks
     }
     data = {bench.key(): open_benchmark(bench) for bench in spec.benchmarks if pending[bench.key()]}
+    for bench in spec.benchmarks:
+        if bench.name in ("retrieval", *NEEDS_TEXT_TOWER):
+            for ckpt in checkpoints:
+                if ckpt.dual_encoder is not None and ckpt.label in pending[bench.key()]:
+                    check_encodable(ckpt, bench.name, data[bench.key()][1])
 
     total = len(checkpoints) * len(spec.benchmarks)
     progress = reporter(total, "benchmarks")

@@ -31,6 +31,24 @@ NO_TEXT_TOWER = "n/a: no text tower"
 GROUNDING_THRESHOLD = 0.5
 
 
+def check_encodable(ckpt: Checkpoint, protocol: str, split: Split) -> None:
+    """Raise InvalidInput before any work when `ckpt`'s text tower cannot encode what `protocol` will give it on
+    `split`: the captions (retrieval, grounding), the object phrases in them (grounding), the class names
+    (zero-shot)."""
+    model, tokenizer = _towers(ckpt)
+    try:
+        if protocol == "zero-shot":
+            class_embeddings(model, tokenizer, split.classes, ckpt.device)
+            return
+        captions = [_caption(sample, split) for sample in split.samples]
+        tokenize(tokenizer, sorted(set(captions)))
+        if protocol == "grounding":
+            for caption, sample in zip(captions, split.samples, strict=True):
+                phrase_mask(tokenizer, caption, sample.object_records)
+    except InvalidInput as e:
+        raise InvalidInput(f"checkpoint {ckpt.label} on {split.where}: {e}") from e
+
+
 def _towers(ckpt: Checkpoint) -> tuple[DualEncoder, PreTrainedTokenizerFast]:
     if ckpt.dual_encoder is None or ckpt.tokenizer is None:
         raise InvalidInput(
