@@ -30,9 +30,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def small_pipeline(model_dir: Path, tmp_path: Path, epochs: int = 1) -> Path:
-    """The quickstart, shrunk: same resources and dependencies, fewer images, steps and epochs."""
-    docs = list(yaml.safe_load_all((ROOT / "examples" / "quickstart.yaml").read_text()))
+def small_pipeline(
+    model_dir: Path, tmp_path: Path, epochs: int = 1, example: str = "quickstart.yaml"
+) -> Path:
+    """An example pipeline, shrunk: same resources and dependencies, fewer images, steps and epochs."""
+    docs = list(yaml.safe_load_all((ROOT / "examples" / example).read_text()))
     for doc in docs:
         spec = doc["spec"]
         if doc["kind"] == "SyntheticDataset":
@@ -110,3 +112,21 @@ def test_ctrl_c_during_pretraining_then_rerun_skips_generation(model_dir: Path, 
     assert manifest.stat().st_mtime_ns == generated
     log = (workdir / "logs" / "MaskPretrainJob-shapes-baseline" / "2.log").read_text()
     assert f"resuming from {saved.as_uri()}" in log, log  # training went on from its checkpoint
+
+
+def test_vlp_example_trains_both_arms_and_scores_their_text_towers(model_dir: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    proc = freeatm_run(small_pipeline(model_dir, tmp_path, example="vlp.yaml"), workdir)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    status = json.loads((workdir / "status" / "EvalJob-vlp-eval.json").read_text())["status"]
+    results = status["outputs"]["results"]
+    assert {(r["checkpoint"], r["benchmark"]) for r in results} == {
+        (c, b) for c in ("baseline", "region-phrase") for b in ("retrieval", "zero-shot", "grounding")
+    }
+    for arm, fixes in (("vlp-baseline", False), ("vlp-region-phrase", True)):
+        meta = json.loads(
+            (output_dir(workdir, f"MaskPretrainJob-{arm}") / "export" / "metadata.json").read_text()
+        )
+        assert meta["framework"] == "vlp" and meta["fixes"] == {"regionPhraseAlignment": fixes}
+        assert meta["textTower"]["width"] == 64
