@@ -183,9 +183,10 @@ def test_killed_run_resumes_from_the_saved_step(
 
 
 @pytest.mark.slow
-def test_two_process_ddp_reads_disjoint_samples(dataset: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("framework", ["contrastive", "vlp"])
+def test_two_process_ddp_reads_disjoint_samples(dataset: str, tmp_path: Path, framework: str) -> None:
     out = f"file://{tmp_path}/out"
-    doc = pretrain_doc(dataset, out, epochs=1, batchSize=8, checkpointEvery=100)
+    doc = pretrain_doc(dataset, out, framework=framework, epochs=1, batchSize=8, checkpointEvery=100)
     doc["spec"]["distributed"] = {"nodes": 2}  # two CPU processes
     spec = _spec_file(tmp_path, doc)
     trace = tmp_path / "trace"

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from transformers import PreTrainedTokenizerFast
 
 from ..dataset_format import IMAGE, MANIFEST, MASK, RECORD, parse_manifest, shard_samples
 from ..dual_encoder import phrase_mask, tokenize
@@ -166,7 +167,7 @@ class Captions:
     """vlp: how a sample's prompt becomes "input_ids"/"attention_mask", and with `phrases` its objects' phrases
     "phrase_mask" (dual_encoder.tokenize and phrase_mask)."""
 
-    tokenizer: Any  # a transformers PreTrainedTokenizerFast
+    tokenizer: PreTrainedTokenizerFast
     phrases: bool
 
     def encode(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -54,7 +54,11 @@ TRACE_ENV = (
 )
 CONTRASTIVE_SCALE = (0.08, 1.0)  # SimCLR's RandomResizedCrop
 MIM_SCALE = (0.2, 1.0)  # MAE's
-VLP_SCALE = (0.5, 1.0)  # milder: the caption names the objects, so a crop keeps most of the image
+VLP_SCALE = (
+    0.5,
+    1.0,
+)  # milder: the caption names the objects, so a crop keeps most of the image (flips stay:
+# no ShapesBench caption word says left or right)
 LR_REFERENCE_BATCH = 256  # the peak learning rate is training.lr × batchSize / 256
 
 
