@@ -1,7 +1,8 @@
 """Throughput of mask-guided pretraining vs its baseline, for contrastive (SimCLR ± mask-aware crops and the
-object term) and MIM (MAE ± guided masking and object-weighted loss), on the same data in one run.
+object term), MIM (MAE ± guided masking and object-weighted loss) and VLP (CLIP ± region–phrase alignment), on
+the same data in one run.
 
-    python benchmarks/pretrain.py [--images 64] [--batch 8] [--steps 48] [--mim-steps 64] [--workers 0]
+    python benchmarks/pretrain.py [--images 64] [--batch 8] [--steps 48] [--mim-steps 64] [--vlp-steps 48]
     python benchmarks/pretrain.py --gpu --precision bf16 --workers 8 --batch 64 --images 512   # GPU check
 
 Each step is timed end to end in one process (fetching the batch — shard reading, decoding, augmentation — then
@@ -13,7 +14,8 @@ arm's images/s is its median step (the ratio of the two medians is printed besid
 this process's CPU time are measured; with one thread and no loader workers all the work is in this thread,
 so CPU time counts the work itself and the ratios use it (`--clock` overrides). The defaults are backbones
 whose feature grid resolves the objects (4×4 or more). The last line is a JSON object with
-`contrastive_ratio` and `mim_ratio` (mask-guided images/s ÷ baseline images/s; target ≥ 0.97).
+`contrastive_ratio`, `mim_ratio` and `vlp_ratio` (mask-guided images/s ÷ baseline images/s; targets ≥ 0.97, VLP
+≥ 0.95).
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ def main() -> int:
     parser.add_argument(
         "--mim-steps", type=int, default=64, help="timed MIM steps per variant (cheaper steps)"
     )
+    parser.add_argument("--vlp-steps", type=int, default=48, help="timed VLP steps per variant")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument(
         "--workers", type=int, default=0, help="loader workers (0: data cost counted in full)"
@@ -141,6 +144,8 @@ def main() -> int:
     parser.add_argument("--contrastive-size", type=int, default=32)
     parser.add_argument("--mim-backbone", default="vit_tiny")
     parser.add_argument("--mim-size", type=int, default=64)
+    parser.add_argument("--vlp-backbone", default="resnet18_os8")
+    parser.add_argument("--vlp-size", type=int, default=32)
     parser.add_argument("--gpu", action="store_true", help="train on CUDA device 0 (the GPU check)")
     parser.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast (GPU)"
@@ -179,24 +184,33 @@ def main() -> int:
             dataset, root, "mim", args.mim_backbone, args.mim_size, args.mim_steps, args,
             {"objectWeightedLoss": True},
         )  # fmt: skip
+        v = compare(dataset, root, "vlp", args.vlp_backbone, args.vlp_size, args.vlp_steps, args, {})
     clock = args.clock or ("cpu" if args.workers == 0 and args.threads == 1 else "wall")
     print(
         json.dumps(
             {
                 "contrastive_ratio": round(c[clock]["ratio"], 4),
                 "mim_ratio": round(m[clock]["ratio"], 4),
+                "vlp_ratio": round(v[clock]["ratio"], 4),
                 "clock": clock,
                 "contrastive_ratio_wall": round(c["wall"]["ratio"], 4),
                 "mim_ratio_wall": round(m["wall"]["ratio"], 4),
+                "vlp_ratio_wall": round(v["wall"]["ratio"], 4),
                 "contrastive_ratio_of_medians": round(c[clock]["ratio_of_medians"], 4),
                 "mim_ratio_of_medians": round(m[clock]["ratio_of_medians"], 4),
+                "vlp_ratio_of_medians": round(v[clock]["ratio_of_medians"], 4),
                 "contrastive_images_per_s": {k: round(c[clock][k], 2) for k in ("baseline", "guided")},
                 "mim_images_per_s": {k: round(m[clock][k], 2) for k in ("baseline", "guided")},
-                "backbones": {"contrastive": args.contrastive_backbone, "mim": args.mim_backbone},
+                "vlp_images_per_s": {k: round(v[clock][k], 2) for k in ("baseline", "guided")},
+                "backbones": {
+                    "contrastive": args.contrastive_backbone,
+                    "mim": args.mim_backbone,
+                    "vlp": args.vlp_backbone,
+                },
                 "threads": args.threads,
                 "workers": args.workers,
                 "batch": args.batch,
-                "steps": {"contrastive": args.steps, "mim": args.mim_steps},
+                "steps": {"contrastive": args.steps, "mim": args.mim_steps, "vlp": args.vlp_steps},
             }
         )
     )
