@@ -95,6 +95,11 @@ def phrase_mask(tokenizer: PreTrainedTokenizerFast, prompt: str, objects: list[d
     generator's tokenizer, which may differ from the text tower's, so they are not used. InvalidInput names a
     word the prompt does not contain."""
     enc = tokenizer(prompt, padding="max_length", return_offsets_mapping=True)
+    if len(enc["input_ids"]) > tokenizer.model_max_length:
+        raise InvalidInput(
+            f"prompt {prompt!r} is {len(enc['input_ids'])} tokens long; the text tower encodes at most "
+            f"{tokenizer.model_max_length}"
+        )
     words: list[tuple[str, int]] = []  # (lower-cased word, token position), in prompt order
     for pos, (start, end) in enumerate(enc["offset_mapping"]):
         if end > start:

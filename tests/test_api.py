@@ -234,6 +234,11 @@ def test_text_tower_is_checked() -> None:
     assert errors[0][0] == "spec.textTower.tokenizer" and "toy://" in errors[0][1], errors
     errors = errors_of(with_spec(vlp, "textTower", {"width": 100, "heads": 3}))
     assert "must divide" in errors[0][1], errors
+    coarse = with_spec(with_spec(vlp, "backbone", "resnet_test"), "training", {"imageSize": 32})
+    assert "mask guidance needs ≥ 4×4" in errors_of(coarse)[0][1]  # the region–phrase term pools on the grid
+    parse_resource(
+        with_spec(coarse, "method", {"framework": "vlp", "useMasks": False})
+    )  # the baseline is valid
 
 
 def test_what_the_api_server_accepts_still_validates() -> None:

@@ -76,6 +76,8 @@ def test_phrase_mask_marks_each_object_with_its_modifiers() -> None:
     assert mask[1].nonzero().flatten().tolist() == [6, 7]
     assert mask[2].nonzero().flatten().tolist() == [10, 11]
     assert not mask[3:].any()
+    with pytest.raises(InvalidInput, match="tokens long"):
+        phrase_mask(tokenizer, " and ".join(["a red circle"] * 8), [{"word": "circle"}])
     with pytest.raises(InvalidInput, match="no occurrence 2 of object word 'square'"):
         phrase_mask(tokenizer, "a blue square", [{"word": "square"}, {"word": "square"}])
 
