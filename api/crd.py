@@ -112,9 +112,8 @@ def _openapi(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     elif "type" not in out and "properties" in out:
         out["type"] = "object"
     if out.get("additionalProperties") is False:
-        del out[
-            "additionalProperties"
-        ]  # structural schemas prune unknown fields; validation rejects them first
+        # structural schemas prune unknown fields; validation rejects them first
+        del out["additionalProperties"]
     return out
 
 

@@ -78,9 +78,8 @@ def small_grid(backbone: str, image_size: int) -> str | None:
         for name, (a, _) in BACKBONE_GEOMETRY.items()
         if a == arch and _resolves(name, image_size)
     ]
-    size = next(
-        s for s in range(image_size + 8, 100_000, 8) if _resolves(backbone, s)
-    )  # imageSize: multiples of 8
+    # imageSize: multiples of 8
+    size = next(s for s in range(image_size + 8, 100_000, 8) if _resolves(backbone, s))
     fix = f"set backbone to {' or '.join(others)}, or " if others else "set "
     return (
         f"{describe_geometry(backbone)} at imageSize {image_size} gives a {grid}×{grid} feature grid; "

@@ -38,12 +38,10 @@ class Observed:
     invalid: list[tuple[str, str]] | None = None
     verdict: Verdict | None = None
     job: dict[str, Any] | None = None  # the Job of the resource's deterministic name, whoever made it
-    pods: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # pods of every Job of that name (job-name label)
-    events: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # Events about the Job (read while it has no pods)
+    # pods of every Job of that name (job-name label)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    # Events about the Job (read while it has no pods)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def generation(self) -> int | None:

@@ -155,9 +155,8 @@ def _phase(current: dict[str, Any], obs: Observation) -> PhaseReason:
                 and current.get("phase") == "Failed"
                 and ready.get("reason") == failure.reason
             ):
-                return failure._replace(
-                    message=ready.get("message", "")
-                )  # pods are read once, when the Job fails
+                # pods are read once, when the Job fails
+                return failure._replace(message=ready.get("message", ""))
             return failure
         if (job.get("spec") or {}).get("suspend"):
             if obs.suspend:

@@ -182,9 +182,8 @@ def render(
     command = KINDS[kind].runtime_command
     jname = job_name(kind, name)
     resolved = resolve(resource, dependency_outputs)
-    resolved["spec"].pop(
-        "suspend", None
-    )  # the Job's business, not the runtime's (and not part of the spec hash)
+    # the Job's business, not the runtime's (and not part of the spec digest)
+    resolved["spec"].pop("suspend", None)
     labels = workload_labels(kind, name)
     nodes, nproc = _processes(resource)
     multi_node = nodes > 1

@@ -89,9 +89,8 @@ def _write_result(result: dict[str, Any]) -> None:
     if target:
         Path(target).write_text(text)
     elif TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
-        if (
-            len(text) > TERMINATION_LIMIT
-        ):  # the kubelet keeps 4096 bytes: the full table stays in results.json
+        # the kubelet keeps 4096 bytes: the full table stays in results.json
+        if len(text) > TERMINATION_LIMIT:
             text = json.dumps({k: v for k, v in result.items() if k != "results"})[:TERMINATION_LIMIT]
         TERMINATION_LOG.write_text(text)
 

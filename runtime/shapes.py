@@ -67,9 +67,8 @@ _CLUTTER_MIN_SIDE, _CLUTTER_MAX_SIDE = 5 / 32, 10 / 32
 # corner, ~11% (22%); in distinct corners, >= 15% (>= 40%) as `freeatm shapesbench check` requires.
 _CORNER_JITTER = 2 / 32
 _PLACEMENT_TRIES = 50
-_CLUTTER_STREAM = (
-    1  # a clutter scene draws from its own stream, unrelated to the plain scene of (seed, index)
-)
+# a clutter scene draws from its own stream, unrelated to the plain scene of (seed, index)
+_CLUTTER_STREAM = 1
 _HUE_JITTER = 8.0  # degrees around the named hue
 
 

@@ -109,9 +109,8 @@ def test_daam_aggregation_matches_daams_published_computation(pipe) -> None:  # 
 
     store = AttentionStore([8], (0.0, 1.0), aggregation="daam", latent_size=LATENT)
     with Capture(unet, store, LATENT, lambda: len(pipe.scheduler.timesteps)) as capture:
-        assert sorted(capture.layers) == sorted(
-            names
-        )  # DAAM's layers: not the mid block, whatever resolutions
+        # DAAM's layers: not the mid block, whatever resolutions
+        assert sorted(capture.layers) == sorted(names)
         store.begin(1, True, torch.tensor([COLUMNS]))
         images = _generate(pipe)
         maps = store.maps()

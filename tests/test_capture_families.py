@@ -107,11 +107,8 @@ def test_columns_of_a_multi_piece_word() -> None:
     sd3, flux = FamilyPipeline.of(BUILDERS["sd3"]()), FamilyPipeline.of(tiny_flux())
     prompt = ITEMS[0].prompt
     clip, t5 = sd3.text()
-    assert (clip.offset, t5.offset, t5.length) == (
-        0,
-        16,
-        32,
-    )  # the toy CLIP tokenizer's 16 positions, then T5
+    # the toy CLIP tokenizer's 16 positions, then T5
+    assert (clip.offset, t5.offset, t5.length) == (0, 16, 32)
     triangle, circle = locate(ITEMS[0], sd3.text())
     assert triangle.word_tokens == (3, 16 + 2, 16 + 3)
     assert _pieces(clip.tokenizer, prompt, triangle.word_tokens[:1], 0, 16) == ["triangle"]

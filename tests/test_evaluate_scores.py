@@ -147,8 +147,7 @@ def test_multilabel_map_and_balanced_accuracy_equal_torchmetrics() -> None:
     assert mean_average_precision(targets.float(), targets) == pytest.approx(1.0)
 
     logits = torch.randn(60, 4, generator=g)
-    labels = torch.cat(
-        [torch.zeros(40, dtype=torch.long), torch.randint(1, 3, (20,), generator=g)]
-    )  # no class 3
+    # no class 3
+    labels = torch.cat([torch.zeros(40, dtype=torch.long), torch.randint(1, 3, (20,), generator=g)])
     per_class = MulticlassAccuracy(num_classes=4, average=None)(logits, labels)[:3]
     assert balanced_accuracy(logits, labels, 4) == pytest.approx(float(per_class.mean()), abs=1e-6)

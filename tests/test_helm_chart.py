@@ -246,9 +246,8 @@ def test_all_namespaces_gives_one_cluster_role_for_the_operator(rendered):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "freeatm", "namespace": "freeatm"}]
     assert [r["metadata"]["name"] for r in by_kind(docs, "Role")] == ["freeatm-runtime"]
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert not [
-        a for a in container["args"] if a.startswith("--namespace")
-    ]  # no --namespace: the whole cluster
+    # no --namespace: the whole cluster
+    assert not [a for a in container["args"] if a.startswith("--namespace")]
 
 
 def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -345,9 +344,8 @@ def test_operator_deployment_is_one_hardened_replica(rendered):
     assert env["FREEATM_OPERATOR_METRICS_PORT"] == "8080" and env["FREEATM_OPERATOR_LIVENESS_PORT"] == "8081"
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["command"] == ["freeatm", "operator"]
-    assert {"name": "tmp", "mountPath": "/tmp"} in container[
-        "volumeMounts"
-    ]  # read-only root: a writable /tmp
+    # read-only root: a writable /tmp
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     selector = spec["selector"]["matchLabels"]
     assert selector.items() <= spec["template"]["metadata"]["labels"].items()
 

@@ -127,9 +127,8 @@ def test_killed_cli_takes_its_processes_with_it(running, tmp_path: Path) -> None
     cli.kill()
     cli.communicate(timeout=WAIT)
     wait_for(lambda: not any(alive(p) for p in pids), "the runtime outlived the killed CLI")
-    assert (
-        status(workdir, "SyntheticDataset-shapes")["phase"] == "Running"
-    )  # nobody was left to say otherwise
+    # nobody was left to say otherwise
+    assert status(workdir, "SyntheticDataset-shapes")["phase"] == "Running"
 
     # The lock died with its process; the next run says what it found and runs the stage again.
     rerun = freeatm_run(pipeline(tmp_path / "endless.yaml", DATASET, images=ENDLESS), workdir)

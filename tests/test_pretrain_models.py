@@ -57,9 +57,8 @@ def test_contrastive_switch(backbone: str) -> None:
     loss_plain, parts_plain = plain(batch)
     loss_guided, parts_guided = guided(batch)
     assert "objectLoss" not in parts_plain and parts_guided["objectLoss"] > 0
-    assert parts_guided["imageLoss"] == pytest.approx(
-        parts_plain["imageLoss"], rel=1e-5
-    )  # same baseline term
+    # same baseline term
+    assert parts_guided["imageLoss"] == pytest.approx(parts_plain["imageLoss"], rel=1e-5)
     assert float(loss_guided.detach()) == pytest.approx(
         parts_guided["imageLoss"] + parts_guided["objectLoss"], rel=1e-5
     )
@@ -81,9 +80,8 @@ def test_object_term_has_its_own_temperature() -> None:
 
 
 def test_mask_pool_with_a_grid_that_does_not_divide_the_image() -> None:
-    features = torch.arange(9.0).reshape(
-        1, 1, 3, 3
-    )  # a ResNet's 3×3 map of a 40 px image (stride 16, rounded up)
+    # a ResNet's 3×3 map of a 40 px image (stride 16, rounded up)
+    features = torch.arange(9.0).reshape(1, 1, 3, 3)
     labels = torch.ones(1, 40, 40, dtype=torch.uint8)
     pooled, area = mask_pool(features, labels, objects=1)
     assert area[0, 0] == pytest.approx(9.0) and pooled[0, 0, 0] == pytest.approx(4.0)

@@ -22,9 +22,8 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from .distributed import gather_with_grad
 
-MAX_OBJECTS = (
-    16  # label values 1..MAX_OBJECTS are pooled (an image rarely names more objects); others are ignored
-)
+# label values 1..MAX_OBJECTS are pooled (an image rarely names more objects); others are ignored
+MAX_OBJECTS = 16
 MIN_OBJECT_AREA = 0.25  # an object must cover this many feature cells in a view to be pooled
 
 

@@ -49,9 +49,8 @@ from .vlp import VLPModel
 
 log = logging.getLogger("freeatm.pretrain")
 
-TRACE_ENV = (
-    "FREEATM_TRACE_SAMPLES"  # path: append each step's sample indices as JSON lines (tests, debugging)
-)
+# path: append each step's sample indices as JSON lines (tests, debugging)
+TRACE_ENV = "FREEATM_TRACE_SAMPLES"
 CONTRASTIVE_SCALE = (0.08, 1.0)  # SimCLR's RandomResizedCrop
 MIM_SCALE = (0.2, 1.0)  # MAE's
 VLP_SCALE = (
@@ -93,9 +92,8 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 d = p.grad
-                if (
-                    group["weight_decay"] > 0
-                ):  # norms and biases are in the group without decay: no adaptation
+                # norms and biases are in the group without decay: no adaptation
+                if group["weight_decay"] > 0:
                     d = d.add(p, alpha=group["weight_decay"])
                     pn, dn = torch.norm(p), torch.norm(d)
                     ratio = torch.where((pn > 0) & (dn > 0), group["eta"] * pn / dn, torch.ones_like(pn))

@@ -234,9 +234,8 @@ def degrade_mask(mask: np.ndarray, target: float, rng: np.random.Generator) -> n
     excess = int((out & m).sum()) - round(target * union)
     while excess > 0:
         inside = out & m
-        edge = inside & ~_morph(
-            out, -1
-        )  # on the mask's boundary; else (the object lies inside) the overlap's
+        # on the mask's boundary; else (the object lies inside) the overlap's
+        edge = inside & ~_morph(out, -1)
         ys, xs = np.nonzero(edge if edge.any() else inside & ~_morph(inside, -1))
         take = rng.permutation(len(ys))[:excess]
         out[ys[take], xs[take]] = False
