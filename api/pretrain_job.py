@@ -28,9 +28,8 @@ BACKBONE_GEOMETRY: dict[str, tuple[str, int]] = {
     },
 }
 BACKBONES = tuple(BACKBONE_GEOMETRY)
-MIN_GRID = (
-    4  # mask guidance needs at least this many feature cells per side (docs/architecture.md#the-method)
-)
+# mask guidance needs at least this many feature cells per side (docs/architecture.md#the-method)
+MIN_GRID = 4
 
 # Which Free-ATM fix belongs to which framework (docs/architecture.md#the-method).
 FIXES: dict[str, tuple[str, ...]] = {

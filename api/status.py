@@ -1,4 +1,5 @@
-"""Status of every freeatm resource: phase, metav1-style conditions, progress and outputs (DESIGN §4)."""
+"""Status of every freeatm resource: phase, metav1-style conditions, progress and outputs
+(docs/architecture.md#status-and-conditions)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Local mode (`freeatm run`): the operator's pipeline on one machine, without a cluster (DESIGN §7).
+"""Local mode (`freeatm run`): the operator's pipeline on one machine, without a cluster
+(docs/architecture.md#local-mode).
 
 Same validation, same dependency order, same reference resolution, same runtime entry points: each stage is a
 `freeatm-runtime` subprocess (a crash stays contained), its progress read from the JSON-lines file the
@@ -287,7 +288,8 @@ def run_stage(
         "--spec",
         str(spec_file),
     ]
-    # Leave a core to the rest of the machine: OpenMP threads that wait on a busy core spin (DESIGN §8).
+    # Leave a core to the rest of the machine: OpenMP threads that wait on a busy core spin
+    # (docs/architecture.md#measured-facts).
     threads = str(max(1, ((os.cpu_count() or 1) - 1) // workers))
     columns = (
         TextColumn("{task.description}"),

@@ -1,4 +1,5 @@
-"""The operator's Prometheus metrics (DESIGN §6). The names are the contract of the Grafana dashboard and alerts.
+"""The operator's Prometheus metrics (docs/architecture.md#observability). The names are the contract of the
+Grafana dashboard and alerts.
 
 Labels are low-cardinality: kind, result, phase — never a resource name. Resources by kind and phase are computed
 at scrape time from the operator's view of the cluster (a custom collector).

@@ -1,4 +1,4 @@
-"""`freeatm-runtime`: what the workload pods run (the runtime contract, DESIGN §5).
+"""`freeatm-runtime`: what the workload pods run (docs/architecture.md#the-runtime-contract).
 
     freeatm-runtime generate|pretrain|evaluate --spec FILE
 

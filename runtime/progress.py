@@ -1,4 +1,5 @@
-"""Progress reporting: one reporter per workload fans updates out to sinks (DESIGN §5).
+"""Progress reporting: one reporter per workload fans updates out to sinks
+(docs/architecture.md#the-runtime-contract).
 
 Sinks receive the camelCase `status.progress` object (see freeatm.api.status.Progress). They are chosen from the
 environment so that the same runtime code reports to the cluster (status patch), to local mode (a JSON-lines

@@ -1,4 +1,5 @@
-"""The in-cluster progress sink: rank 0 merge-patches `status.progress` of its own resource (DESIGN §5).
+"""The in-cluster progress sink: rank 0 merge-patches `status.progress` of its own resource
+(docs/architecture.md#the-runtime-contract).
 
 FREEATM_RESOURCE = Kind/namespace/name (set by the operator on every workload pod). The patch goes through the
 status subresource with the pod's ServiceAccount (RBAC: patch on <plural>/status only). The reporter

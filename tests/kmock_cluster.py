@@ -5,10 +5,11 @@ controllers, the harness plays the Job controller by writing Job and pod status;
 (tests/control_plane.py) the real Job controller runs, and the harness only decides how each pod ends
 (tests/pod_executor.py plays the node).
 
-kmock quirks handled here (DESIGN §8): its bundled resource list is loaded and the CRDs are declared in its
-discovery; objects are created through HTTP (direct writes send no watch event); metadata.resourceVersion, uid
-and generation are seeded by the harness (kmock assigns none) and generation is bumped on spec changes; there is
-no garbage collector (the operator deletes Jobs explicitly) and no separate /status.
+kmock quirks handled here (docs/architecture.md#measured-facts): its bundled resource list is loaded and the
+CRDs are declared in its discovery; objects are created through HTTP (direct writes send no watch event);
+metadata.resourceVersion, uid and generation are seeded by the harness (kmock assigns none) and generation is
+bumped on spec changes; there is no garbage collector (the operator deletes Jobs explicitly) and no separate
+/status.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The resource types: defaults, bounds and cross-field rules (DESIGN §4)."""
+"""The resource types: defaults, bounds and cross-field rules (docs/architecture.md#resources)."""
 
 from __future__ import annotations
 

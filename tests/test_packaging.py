@@ -1,4 +1,4 @@
-"""Import boundaries of the distribution (DESIGN §3) and the linter."""
+"""Import boundaries of the distribution (docs/architecture.md#layout) and the linter."""
 
 from __future__ import annotations
 

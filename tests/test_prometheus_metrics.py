@@ -85,7 +85,8 @@ def test_runtime_http_metrics_endpoint_passes_promtool(monkeypatch):
 
 
 def test_operator_metric_labels_are_low_cardinality():
-    """DESIGN §6: labels like kind, result and phase — never a resource name or namespace."""
+    """Labels like kind, result and phase — never a resource name or namespace
+    (docs/architecture.md#observability)."""
     registry, prefix = registries()["operator"]
     labels = {
         key
