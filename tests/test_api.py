@@ -225,9 +225,8 @@ def test_method_switches_follow_use_masks() -> None:
 
 def test_text_tower_is_checked() -> None:
     vlp = with_spec(MPJ, "method", {"framework": "vlp"})
-    assert (
-        parse_resource(vlp).spec.text_tower is None
-    )  # the defaults: unset, so older digests keep their values
+    # the defaults: unset, so older digests keep their values
+    assert parse_resource(vlp).spec.text_tower is None
     tower = parse_resource(with_spec(vlp, "textTower", {})).spec.text_tower
     assert (tower.tokenizer, tower.width, tower.layers, tower.heads) == ("toy://shapesbench", 128, 2, 4)
     errors = errors_of(with_spec(vlp, "textTower", {"tokenizer": "hf://openai/clip"}))
@@ -236,9 +235,8 @@ def test_text_tower_is_checked() -> None:
     assert "must divide" in errors[0][1], errors
     coarse = with_spec(with_spec(vlp, "backbone", "resnet_test"), "training", {"imageSize": 32})
     assert "mask guidance needs ≥ 4×4" in errors_of(coarse)[0][1]  # the region–phrase term pools on the grid
-    parse_resource(
-        with_spec(coarse, "method", {"framework": "vlp", "useMasks": False})
-    )  # the baseline is valid
+    # the baseline is valid
+    parse_resource(with_spec(coarse, "method", {"framework": "vlp", "useMasks": False}))
 
 
 def test_what_the_api_server_accepts_still_validates() -> None:

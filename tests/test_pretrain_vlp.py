@@ -161,9 +161,8 @@ def test_resumed_vlp_run_continues_at_the_saved_step(
     dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    job = pretrain_job(
-        dataset, f"file://{out}", epochs=2, checkpointEvery=2, **VLP
-    )  # 2 steps/epoch, 4 in all
+    # 2 steps/epoch, 4 in all
+    job = pretrain_job(dataset, f"file://{out}", epochs=2, checkpointEvery=2, **VLP)
     run(job)
     whole = json.loads((out / "export" / "metadata.json").read_text())
     assert ckpt.steps(f"file://{out}") == [4, 2]

@@ -53,11 +53,9 @@ log = logging.getLogger("freeatm.pretrain")
 TRACE_ENV = "FREEATM_TRACE_SAMPLES"
 CONTRASTIVE_SCALE = (0.08, 1.0)  # SimCLR's RandomResizedCrop
 MIM_SCALE = (0.2, 1.0)  # MAE's
-VLP_SCALE = (
-    0.5,
-    1.0,
-)  # milder: the caption names the objects, so a crop keeps most of the image (flips stay:
-# no ShapesBench caption word says left or right)
+# milder: the caption names the objects, so a crop keeps most of the image (flips stay: no ShapesBench caption
+# word says left or right)
+VLP_SCALE = (0.5, 1.0)
 LR_REFERENCE_BATCH = 256  # the peak learning rate is training.lr × batchSize / 256
 
 
