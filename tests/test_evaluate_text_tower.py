@@ -4,7 +4,6 @@ checkpoint, and the InvalidInput when no checkpoint has a text tower."""
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -236,51 +234,3 @@ def test_a_text_tower_that_cannot_encode_the_captions_fails_before_any_work(tmp_
     with pytest.raises(InvalidInput, match=r"checkpoint plain-words on .*clutter.*cannot encode"):
         job.run(parse_resource(doc))  # type: ignore[arg-type]
     assert not (tmp_path / "eval").exists()
-
-
-@pytest.mark.slow
-def test_vlp_checkpoints_train_and_evaluate_side_by_side_through_freeatm_run(tmp_path: Path) -> None:
-    from tests.local_cli import DATASET, PRETRAIN, freeatm_run
-
-    def vlp_job(name: str, use_masks: bool) -> dict[str, Any]:
-        doc = copy.deepcopy(PRETRAIN)
-        doc["metadata"]["name"] = name
-        doc["spec"].update(
-            method={"framework": "vlp", "useMasks": use_masks},
-            backbone="resnet_test_os8",
-            textTower={"width": 32, "layers": 1, "heads": 2},
-            output={"uri": f"file:///var/freeatm/{name}"},
-        )
-        return doc
-
-    ds = {"format": "shapes", "uri": "toy://shapesbench/val?images=16"}
-    evaluation = eval_job(
-        Path("/var/freeatm/eval"),
-        [
-            {"ref": "vlp-baseline"},
-            {"ref": "vlp-aligned"},
-            {"uri": "random://resnet_test_os8?imageSize=32", "label": "random-init"},
-        ],
-        [
-            {"name": "retrieval", "dataset": dict(ds), "epochs": 2, "k": 10},
-            {"name": "zero-shot", "dataset": dict(ds)},
-            {"name": "grounding", "dataset": dict(ds)},
-        ],
-    )
-    pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(
-        yaml.safe_dump_all(
-            [DATASET, vlp_job("vlp-baseline", False), vlp_job("vlp-aligned", True), evaluation]
-        )
-    )
-    workdir = tmp_path / "work"
-    proc = freeatm_run(pipeline, workdir)
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out
-    status = json.loads((workdir / "status" / "EvalJob-eval-test.json").read_text())["status"]
-    rows = {(r["checkpoint"], r["benchmark"]) for r in status["outputs"]["results"]}
-    for ckpt in ("vlp-baseline", "vlp-aligned"):
-        assert {(ckpt, b) for b in ("retrieval", "zero-shot", "grounding")} <= rows
-    assert {b for c, b in rows if c == "random-init"} == {"retrieval"}
-    report = Path(status["outputs"]["reportUri"].removeprefix("file://")).read_text()
-    assert report.count(NO_TEXT_TOWER) == 3  # zero-shot top1, grounding mean_iou and iou50 of random-init
