@@ -2,7 +2,7 @@
 
 Each user digests its own selection of a spec: a dataset's generation settings (its manifest's specDigest), a
 training's settings (its checkpoints' specDigest), a local-mode stage, the spec a Job was rendered from (the
-operator's annotations). Those values are stored, so the canonical form never changes (tests/test_digests.py).
+operator's annotations), an evaluation run (checkpoint, benchmark and protocol version: its result file). Those values are stored, so the canonical form never changes (tests/test_digests.py).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import torch
 
 from freeatm.api import EvalJob
+from freeatm.api.digest import spec_digest
 from freeatm.api.eval_job import Benchmark
 
 from ..errors import InvalidInput
@@ -140,8 +141,9 @@ def check_text_towers(benchmarks: list[Benchmark], checkpoints: list[Checkpoint]
 
 
 def run_digest(ckpt: Checkpoint, bench: Benchmark) -> str:
-    doc = {"version": EVAL_VERSION, "checkpoint": ckpt.fingerprint, "benchmark": bench.to_wire()}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return spec_digest(
+        {"version": EVAL_VERSION, "checkpoint": ckpt.fingerprint, "benchmark": bench.to_wire()}
+    )
 
 
 def run_key(ckpt: Checkpoint, bench: Benchmark) -> str:
