@@ -259,14 +259,50 @@ CEILING = "supervised"  # the probe's ceiling at the study's size (probe_ceiling
 
 
 @dataclass(frozen=True)
+class Scoring:
+    """What a framework's arms are scored on: the EvalJob benchmarks, the primary metric (the paired difference
+    the arm is judged by) and the secondary metrics (reported whichever way they fall)."""
+
+    name: str
+    benchmarks: tuple[str, ...]
+    primary: str
+    secondary: tuple[str, ...]
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return (self.primary, *self.secondary)
+
+
+OBJECTS = Scoring(
+    "objects",
+    ("object-probe", "presence", "semseg"),
+    "object-probe/top1",
+    ("object-probe/balanced_top1", "presence/map", "semseg/miou"),
+)
+# VLP: the primary metric is what the region–phrase alignment trains. The object-centric benchmarks are left out:
+# they train a probe or a head per checkpoint and would double a VLP arm's cost (docs/study.md).
+TEXT = Scoring(
+    "text",
+    ("grounding", "zero-shot", "retrieval"),
+    "grounding/mean_iou",
+    ("grounding/iou50", "zero-shot/top1", "retrieval/recall@1", "retrieval/recall@5", "retrieval/recall@20"),
+)
+SCORING: dict[str, Scoring] = {"contrastive": OBJECTS, "mim": OBJECTS, "vlp": TEXT}
+
+
+@dataclass(frozen=True)
 class Arm:
     """One arm: how it pretrains, with which masks, and which arm its paired difference is taken against."""
 
     name: str
-    framework: str  # contrastive | mim
+    framework: str  # contrastive | mim | vlp
     masks: str | None  # None: useMasks false; true | shuffled | area-matched | iou-X | attention
     versus: str  # an arm, or REFERENCE
     about: str
+
+    @property
+    def scoring(self) -> Scoring:
+        return SCORING[self.framework]
 
 
 ARMS: dict[str, Arm] = {
@@ -282,22 +318,25 @@ ARMS: dict[str, Arm] = {
         Arm("attention-masks", "contrastive", "attention", "baseline", "a toy model's cross-attention masks"),
         Arm("mae-uniform", "mim", None, REFERENCE, "MAE, uniform masking"),
         Arm("mae-guided", "mim", "true", "mae-uniform", "MAE, guided masking with hints, true masks"),
+        Arm("vlp-baseline", "vlp", None, REFERENCE, "image–caption InfoNCE only, no masks"),
+        Arm("vlp-true-masks", "vlp", "true", "vlp-baseline", "region–phrase alignment, true masks: positive control"),
+        Arm("vlp-shuffled-masks", "vlp", "shuffled", "vlp-baseline", "region–phrase alignment, another image's masks: negative control"),
+        Arm("vlp-attention-masks", "vlp", "attention", "vlp-baseline", "region–phrase alignment, a toy model's cross-attention masks"),
     )
 }  # fmt: skip
 ARM_SETS: dict[str, tuple[str, ...]] = {
     "core": ("baseline", "true-masks", "shuffled-masks", "area-matched", "attention-masks"),
     "dose": ("baseline", "iou-0.9", "iou-0.7", "iou-0.5"),
     "mae": ("mae-uniform", "mae-guided"),
+    "vlp": ("vlp-baseline", "vlp-true-masks", "vlp-shuffled-masks", "vlp-attention-masks"),
 }
 ARM_SETS["all"] = tuple(ARMS)
 
-PRIMARY = "object-probe/top1"
-METRICS = (PRIMARY, "object-probe/balanced_top1", "presence/map", "semseg/miou")
-BENCHMARKS = ("object-probe", "presence", "semseg")
 MIN_PROBE_GAIN = 0.10  # gate: the baseline beats random init by this much on the primary metric
 MIN_CEILING_GAIN = 0.20  # gate: the supervised ceiling (probe_ceiling.py) beats random init this much
 
-# The protocol, fixed before the attention-mask arm was looked at (docs/study.md); the options only size it.
+# The protocol, fixed before the attention-mask arm was looked at, and its VLP part before any VLP arm was run
+# (docs/study.md); the options only size it.
 PROTOCOL: dict[str, Any] = {
     "variant": "clutter",
     "images": 1024,
@@ -310,8 +349,13 @@ PROTOCOL: dict[str, Any] = {
     "lr": 0.004,  # per 256 images: a peak of 1e-3 at batch 64 (AdamW)
     "warmupEpochs": 1,
     "arms": "core",
-    "primary": PRIMARY,
+    "primary": {framework: scoring.primary for framework, scoring in SCORING.items()},
     "attentionModel": "toy://shapes",
+    # framework vlp: the API's defaults, written out so that the protocol names them
+    "vlpTemperature": 0.2,
+    "phraseTemperature": 0.07,
+    "phraseLossWeight": 1.0,
+    "textTower": {"tokenizer": "toy://shapesbench", "width": 128, "layers": 2, "heads": 4},
 }
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom; a df between entries takes the smaller df's
@@ -392,13 +436,21 @@ def attention_unavailable(model: str) -> str:
 
 
 def _pretrain_doc(arm: Arm, seed: int, dataset: str, output: str, p: dict[str, Any]) -> dict[str, Any]:
+    method: dict[str, Any] = {"framework": arm.framework, "useMasks": arm.masks is not None}
+    extra: dict[str, Any] = {}
+    if arm.framework == "vlp":
+        method["temperature"] = p["vlpTemperature"]
+        if arm.masks is not None:
+            method |= {"phraseTemperature": p["phraseTemperature"], "phraseLossWeight": p["phraseLossWeight"]}
+        extra["textTower"] = p["textTower"]
     return {
         "apiVersion": "freeatm.io/v1alpha1",
         "kind": "MaskPretrainJob",
         "metadata": {"name": f"study-{arm.name.replace('.', '')}"},
         "spec": {
             "dataset": {"uri": dataset},
-            "method": {"framework": arm.framework, "useMasks": arm.masks is not None},
+            "method": method,
+            **extra,
             "backbone": p["backbone"],
             "training": {
                 "epochs": p["epochs"],
@@ -419,8 +471,10 @@ def _val_uri(p: dict[str, Any]) -> str:
     return f"toy://shapesbench/val?variant={p['variant']}&images={p['valImages']}&size={p['imageSize']}"
 
 
-def _evaluate(checkpoints: dict[str, str], output: str, p: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """{checkpoint label: {"benchmark/metric": value}} of one EvalJob over the object-centric benchmarks."""
+def _evaluate(
+    checkpoints: dict[str, str], scoring: Scoring, output: str, p: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """{checkpoint label: {"benchmark/metric": value}} of one EvalJob over `scoring`'s benchmarks."""
     from freeatm.api import parse_resource
 
     from ..evaluate import run as evaluate
@@ -432,7 +486,7 @@ def _evaluate(checkpoints: dict[str, str], output: str, p: dict[str, Any]) -> di
         "spec": {
             "checkpoints": [{"uri": uri, "label": label} for label, uri in checkpoints.items()],
             "benchmarks": [
-                {"name": b, "dataset": {"format": "shapes", "uri": _val_uri(p)}} for b in BENCHMARKS
+                {"name": b, "dataset": {"format": "shapes", "uri": _val_uri(p)}} for b in scoring.benchmarks
             ],
             "output": {"uri": output},
         },
@@ -458,8 +512,9 @@ def _arm_maps(masks: str, truth: list[np.ndarray], seed: int) -> list[np.ndarray
 
 
 def resolve_arms(spec: str) -> list[str]:
-    """Arm names from a comma list of arms and arm sets (core, dose, mae, all), in ARMS order, with the arms
-    they are compared against; ValueError names what is unknown."""
+    """Arm names from a comma list of arms and arm sets (core, dose, mae, vlp, all), in ARMS order, with the arms
+    they are compared against (and the contrastive baseline, which the gates are about, whenever an arm scored on
+    the object-centric metrics runs); ValueError names what is unknown."""
     wanted: set[str] = set()
     for part in (s.strip() for s in spec.split(",") if s.strip()):
         if part in ARM_SETS:
@@ -471,8 +526,37 @@ def resolve_arms(spec: str) -> list[str]:
     if not wanted:
         raise ValueError("no arms given")
     wanted |= {ARMS[a].versus for a in wanted if ARMS[a].versus != REFERENCE}
-    wanted.add("baseline")  # the gates are about the baseline
+    if any(ARMS[a].scoring is OBJECTS for a in wanted):
+        wanted.add("baseline")
     return [a for a in ARMS if a in wanted]
+
+
+def _random_uri(p: dict[str, Any]) -> str:
+    return f"random://{p['backbone']}?imageSize={p['imageSize']}"
+
+
+def write_random_dual_encoder(output: str, p: dict[str, Any]) -> None:
+    """Export the VLP arms' random init under `output`: random://'s backbone (the same weights) beside a randomly
+    initialised text tower of the protocol's size."""
+    import torch
+
+    from ..backbones import load_export
+    from ..dual_encoder import DualEncoder, build_text_tokenizer, save_vlp_export
+
+    tower = p["textTower"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone, _ = load_export(_random_uri(p))
+        model = DualEncoder(
+            backbone,
+            build_text_tokenizer(tower["tokenizer"]),
+            width=tower["width"],
+            layers=tower["layers"],
+            heads=tower["heads"],
+        )
+    save_vlp_export(
+        model, tower["tokenizer"], {"framework": "vlp", "useMasks": False, "job": REFERENCE}, output
+    )
 
 
 def study(
@@ -480,8 +564,8 @@ def study(
 ) -> dict[str, Any]:
     """Run the study under `workdir` (datasets, checkpoints and evaluations are kept and reused on a rerun) with
     `protocol` (PROTOCOL's keys; missing ones take PROTOCOL's values). Returns the result: "protocol",
-    "arms" ({arm: paired entry, or {"status": "unavailable: …"}}), "scores" (per seed and checkpoint), "maskIoU",
-    "gates" and "passed"."""
+    "arms" ({arm: paired entry, or {"status": "unavailable: …"}}), "reference" (random init, per scoring),
+    "ceiling" (when the object-centric arms run), "scores" (per seed and checkpoint), "gates" and "passed"."""
     from freeatm.api import parse_resource
 
     from ..evaluate.datasets import open_split
@@ -493,31 +577,43 @@ def study(
     arms = resolve_arms(p["arms"])
     seeds = list(range(p["seeds"])) if isinstance(p["seeds"], int) else list(p["seeds"])
     unavailable: dict[str, str] = {}
-    if "attention-masks" in arms:
-        unavailable["attention-masks"] = f"unavailable: {attention_unavailable(p['attentionModel'])}"
-        log(f"attention-masks: {unavailable['attention-masks']}")
+    for name in arms:
+        if ARMS[name].masks == "attention":
+            unavailable[name] = f"unavailable: {attention_unavailable(p['attentionModel'])}"
+            log(f"{name}: {unavailable[name]}")
     runnable = [a for a in arms if a not in unavailable]
     for name in runnable:  # a bad size or backbone fails here, before any work
         parse_resource(_pretrain_doc(ARMS[name], 0, "file:///data", "file:///out", p))
+    scorings = [s for s in (OBJECTS, TEXT) if any(ARMS[a].scoring is s for a in runnable)]
 
-    ceiling_dir = workdir / CEILING
-    if not (ceiling_dir / "export" / "metadata.json").exists():
-        start = time.perf_counter()
-        scenes = [render(seeds[0], i, p["imageSize"], p["variant"]) for i in range(p["images"])]
-        train_probe_ceiling(scenes, p, f"file://{ceiling_dir}")
-        log(f"probe ceiling: supervised on the shapes in {time.perf_counter() - start:.0f} s")
-    references = _evaluate(
-        {
-            REFERENCE: f"random://{p['backbone']}?imageSize={p['imageSize']}",
-            CEILING: f"file://{ceiling_dir}",
-        },
-        f"file://{workdir}/references",
-        p,
-    )
-    reference, ceiling = references[REFERENCE], references[CEILING]
-    floor = all_background_miou(open_split("shapes", _val_uri(p), "val", "segmentation"), p["imageSize"])
-    log(f"random init: {json.dumps(reference)}; semseg all-background floor {floor:.4f}")
-    log(f"probe ceiling (supervised): {json.dumps(ceiling)}")
+    references: dict[str, dict[str, float]] = {}
+    ceiling: dict[str, float] | None = None
+    floor: float | None = None
+    if OBJECTS in scorings:
+        ceiling_dir = workdir / CEILING
+        if not (ceiling_dir / "export" / "metadata.json").exists():
+            start = time.perf_counter()
+            scenes = [render(seeds[0], i, p["imageSize"], p["variant"]) for i in range(p["images"])]
+            train_probe_ceiling(scenes, p, f"file://{ceiling_dir}")
+            log(f"probe ceiling: supervised on the shapes in {time.perf_counter() - start:.0f} s")
+        scored = _evaluate(
+            {REFERENCE: _random_uri(p), CEILING: f"file://{ceiling_dir}"},
+            OBJECTS,
+            f"file://{workdir}/references",
+            p,
+        )
+        references[OBJECTS.name], ceiling = scored[REFERENCE], scored[CEILING]
+        floor = all_background_miou(open_split("shapes", _val_uri(p), "val", "segmentation"), p["imageSize"])
+        log(f"random init: {json.dumps(references[OBJECTS.name])}; semseg all-background floor {floor:.4f}")
+        log(f"probe ceiling (supervised): {json.dumps(ceiling)}")
+    if TEXT in scorings:
+        random_vlp = workdir / f"{REFERENCE}-vlp"
+        if not (random_vlp / "export" / "metadata.json").exists():
+            write_random_dual_encoder(f"file://{random_vlp}", p)
+        references[TEXT.name] = _evaluate(
+            {REFERENCE: f"file://{random_vlp}"}, TEXT, f"file://{workdir}/references-{TEXT.name}", p
+        )[REFERENCE]
+        log(f"random init (dual encoder): {json.dumps(references[TEXT.name])}")
 
     scores: dict[int, dict[str, dict[str, float]]] = {}
     mask_iou: dict[str, list[float]] = {}
@@ -526,7 +622,7 @@ def study(
         root = workdir / f"seed-{seed}"
         scenes = [render(seed, i, p["imageSize"], p["variant"]) for i in range(p["images"])]
         truth = [s.label_map() for s in scenes]
-        outputs = {}
+        outputs: dict[str, dict[str, str]] = {s.name: {} for s in scorings}
         for name in runnable:
             arm = ARMS[name]
             masks = arm.masks or "true"  # a baseline reads the images only
@@ -546,43 +642,54 @@ def study(
                 pretrain(parse_resource(_pretrain_doc(arm, seed, f"file://{data}", f"file://{out}", p)))
                 seconds.setdefault(name, []).append(time.perf_counter() - start)
                 log(f"seed {seed}: pretrained {name} in {seconds[name][-1]:.0f} s")
-            outputs[name] = f"file://{out}"
+            outputs[arm.scoring.name][name] = f"file://{out}"
         start = time.perf_counter()
-        scores[seed] = _evaluate(outputs, f"file://{root}/eval", p)
-        log(f"seed {seed}: evaluated {len(outputs)} checkpoints in {time.perf_counter() - start:.0f} s")
+        scores[seed] = {}
+        for scoring in scorings:
+            suffix = (
+                "" if scoring is OBJECTS else f"-{scoring.name}"
+            )  # "eval": a rerun of a workdir reuses it
+            scores[seed] |= _evaluate(outputs[scoring.name], scoring, f"file://{root}/eval{suffix}", p)
+        log(f"seed {seed}: evaluated {len(runnable)} checkpoints in {time.perf_counter() - start:.0f} s")
 
     entries: dict[str, dict[str, Any]] = {}
     for name in arms:
         if name in unavailable:
             entries[name] = {"status": unavailable[name], "vs": ARMS[name].versus}
             continue
-        versus = ARMS[name].versus
+        versus, scoring = ARMS[name].versus, ARMS[name].scoring
+        reference = references[scoring.name]
 
         def against(metric: str, seed: int) -> float:
             return reference[metric] if versus == REFERENCE else scores[seed][versus][metric]  # noqa: B023
 
-        entry: dict[str, Any] = {"status": "ok", "vs": versus, "metric": PRIMARY}
-        entry |= paired([scores[s][name][PRIMARY] - against(PRIMARY, s) for s in seeds])
-        entry["mean"] = {m: statistics.fmean(scores[s][name][m] for s in seeds) for m in METRICS}
+        primary = scoring.primary
+        entry: dict[str, Any] = {"status": "ok", "vs": versus, "metric": primary}
+        entry |= paired([scores[s][name][primary] - against(primary, s) for s in seeds])
+        entry["mean"] = {m: statistics.fmean(scores[s][name][m] for s in seeds) for m in scoring.metrics}
         entry["secondary"] = {
-            m: paired([scores[s][name][m] - against(m, s) for s in seeds]) for m in METRICS if m != PRIMARY
+            m: paired([scores[s][name][m] - against(m, s) for s in seeds]) for m in scoring.secondary
         }
         if name in mask_iou:
             entry["maskIoU"] = statistics.fmean(mask_iou[name])
         if name in seconds:
             entry["pretrainSeconds"] = statistics.fmean(seconds[name])
         entries[name] = entry
-    gate = gates(
-        ceiling[PRIMARY],
-        [scores[s]["baseline"][PRIMARY] for s in seeds],
-        reference[PRIMARY],
-        [scores[s]["baseline"]["semseg/miou"] for s in seeds],
-        floor,
-    )
+    gate: dict[str, dict[str, Any]] = {}
+    if ceiling is not None and floor is not None:
+        random_init = references[OBJECTS.name]
+        gate = gates(
+            ceiling[OBJECTS.primary],
+            [scores[s]["baseline"][OBJECTS.primary] for s in seeds],
+            random_init[OBJECTS.primary],
+            [scores[s]["baseline"]["semseg/miou"] for s in seeds],
+            floor,
+        )
+        references[OBJECTS.name] = {**random_init, "semseg/all_background_miou": floor}
     return {
         "protocol": {**p, "seeds": seeds, "arms": arms},
         "arms": entries,
-        "reference": {**reference, "semseg/all_background_miou": floor},
+        "reference": references,
         "ceiling": ceiling,
         "scores": {str(s): v for s, v in scores.items()},
         "gates": gate,
@@ -594,43 +701,50 @@ def _points(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:+.1f}"
 
 
+def _label(metric: str) -> str:
+    return metric.replace("/", " ")
+
+
 def print_tables(result: dict[str, Any], console: Any) -> None:
-    """The result as rich tables: per arm the paired difference, then the gates."""
+    """The result as rich tables, one per scoring (object-centric, text): per arm the paired difference in its
+    primary and secondary metrics; then the unavailable arms and the gates."""
     from rich.table import Table
 
     p = result["protocol"]
-    table = Table(
-        title=f"ShapesBench study: {p['variant']}, {p['images']} images, {p['epochs']} epochs, {p['backbone']} at "
-        f"{p['imageSize']} px, {len(p['seeds'])} seeds; {p['valImages']} val images",
-        caption=f"difference to 'vs' in points of {PRIMARY} (paired over seeds; 95% t interval)",
-    )
-    for column in (
-        "arm",
-        "vs",
-        "probe top1",
-        "diff",
-        "95% CI",
-        "wins/losses",
-        "presence diff",
-        "semseg diff",
-        "mask IoU",
-    ):
-        table.add_column(column, justify="left" if column in ("arm", "vs") else "right")
-    table.add_row(REFERENCE, "", f"{result['reference'][PRIMARY]:.3f}", "", "", "", "", "", "")
-    gain = result["ceiling"][PRIMARY] - result["reference"][PRIMARY]
-    ceiling = f"{result['ceiling'][PRIMARY]:.3f}"
-    table.add_row(f"{CEILING} (ceiling)", REFERENCE, ceiling, _points(gain), "", "", "", "", "")
-    for name, e in result["arms"].items():
-        if e["status"] != "ok":
-            table.add_row(name, e["vs"], "", "unavailable", "", "", "", "", "")
+    for scoring in (OBJECTS, TEXT):
+        names = [n for n, e in result["arms"].items() if ARMS[n].scoring is scoring]
+        if not names:
             continue
-        ci = f"[{_points(e['ci_low'])}, {_points(e['ci_high'])}]" if e["ci_low"] is not None else "-"
-        table.add_row(
-            name, e["vs"], f"{e['mean'][PRIMARY]:.3f}", _points(e["mean_diff"]), ci, f"{e['wins']}/{e['losses']}",
-            _points(e["secondary"]["presence/map"]["mean_diff"]), _points(e["secondary"]["semseg/miou"]["mean_diff"]),
-            f"{e['maskIoU']:.2f}" if "maskIoU" in e else "",
-        )  # fmt: skip
-    console.print(table)
+        primary = scoring.primary
+        table = Table(
+            title=f"ShapesBench study ({scoring.name}): {p['variant']}, {p['images']} images, {p['epochs']} epochs, "
+            f"{p['backbone']} at {p['imageSize']} px, {len(p['seeds'])} seeds; {p['valImages']} val images",
+            caption=f"difference to 'vs' in points of each metric (paired over seeds; 95% t interval for {primary})",
+        )
+        columns = ["arm", "vs", _label(primary), "diff", "95% CI", "wins/losses"]
+        columns += [f"{_label(m)} diff" for m in scoring.secondary] + ["mask IoU"]
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("arm", "vs") else "right")
+        blank = [""] * (len(columns) - 3)
+        reference = result["reference"][scoring.name]
+        table.add_row(REFERENCE, "", f"{reference[primary]:.3f}", *blank)
+        if scoring is OBJECTS and result["ceiling"] is not None:
+            gain = _points(result["ceiling"][primary] - reference[primary])
+            table.add_row(
+                f"{CEILING} (ceiling)", REFERENCE, f"{result['ceiling'][primary]:.3f}", gain, *blank[1:]
+            )
+        for name in names:
+            e = result["arms"][name]
+            if e["status"] != "ok":
+                table.add_row(name, e["vs"], "", "unavailable", *blank[1:])
+                continue
+            ci = f"[{_points(e['ci_low'])}, {_points(e['ci_high'])}]" if e["ci_low"] is not None else "-"
+            table.add_row(
+                name, e["vs"], f"{e['mean'][primary]:.3f}", _points(e["mean_diff"]), ci, f"{e['wins']}/{e['losses']}",
+                *(_points(e["secondary"][m]["mean_diff"]) for m in scoring.secondary),
+                f"{e['maskIoU']:.2f}" if "maskIoU" in e else "",
+            )  # fmt: skip
+        console.print(table)
     for name, e in result["arms"].items():
         if e["status"] != "ok":
             console.print(f"{name}: {e['status']}")
@@ -708,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "arms": {
             name: {k: v for k, v in e.items() if k not in ("mean", "secondary")}
-            | ({"score": e["mean"][PRIMARY]} if "mean" in e else {})
+            | ({"score": e["mean"][e["metric"]]} if "mean" in e else {})
             for name, e in result["arms"].items()
         },
         "gates": result["gates"],
