@@ -12,6 +12,7 @@ import pytest
 
 from freeatm.runtime.shapes import CLUTTER_SHAPES, render
 from freeatm.runtime.shapesbench.study import (
+    ARMS,
     area_matched_map,
     attention_unavailable,
     degrade_mask,
@@ -22,6 +23,7 @@ from freeatm.runtime.shapesbench.study import (
     resolve_arms,
     shuffled_maps,
     t975,
+    write_random_dual_encoder,
     write_shapes_dataset,
 )
 
@@ -96,6 +98,51 @@ def test_arms_resolve_with_what_they_are_compared_against() -> None:
         resolve_arms("core,nope")
 
 
+def test_vlp_arms_resolve_without_the_contrastive_baseline() -> None:
+    assert resolve_arms("vlp") == [
+        "vlp-baseline",
+        "vlp-true-masks",
+        "vlp-shuffled-masks",
+        "vlp-attention-masks",
+    ]
+    assert resolve_arms("vlp-shuffled-masks") == ["vlp-baseline", "vlp-shuffled-masks"]
+    assert resolve_arms("vlp-true-masks,mae-guided") == [
+        "baseline",
+        "mae-uniform",
+        "mae-guided",
+        "vlp-baseline",
+        "vlp-true-masks",
+    ]
+
+
+def test_the_primary_metric_belongs_to_the_arms_framework() -> None:
+    assert ARMS["true-masks"].scoring.primary == "object-probe/top1"
+    assert ARMS["mae-guided"].scoring.primary == "object-probe/top1"
+    for name in ("vlp-baseline", "vlp-true-masks", "vlp-shuffled-masks"):
+        scoring = ARMS[name].scoring
+        assert scoring.primary == "grounding/mean_iou"
+        assert {"grounding", "zero-shot", "retrieval"} <= set(scoring.benchmarks)
+        assert "zero-shot/top1" in scoring.secondary
+
+
+def test_the_vlp_random_init_keeps_random_inits_backbone(tmp_path: Path) -> None:
+    import torch
+
+    from freeatm.runtime.backbones import load_export
+    from freeatm.runtime.dual_encoder import load_vlp_export
+    from freeatm.runtime.shapesbench.study import PROTOCOL
+
+    p = {**PROTOCOL, "textTower": {"tokenizer": "toy://shapesbench", "width": 32, "layers": 1, "heads": 2}}
+    write_random_dual_encoder(f"file://{tmp_path}", p)
+    model, meta = load_vlp_export(f"file://{tmp_path}")
+    assert meta["textTower"]["width"] == 32 and meta["backbone"] == p["backbone"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # as the EvalJob loads random://
+        random_init, _ = load_export(f"random://{p['backbone']}?imageSize={p['imageSize']}")
+    for name, tensor in random_init.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor), name
+
+
 def test_the_plain_toy_model_cannot_give_clutter_attention_masks() -> None:
     why = attention_unavailable("toy://shapes")
     assert why is not None and "ring" in why
@@ -141,3 +188,29 @@ def test_the_whole_study_runs_at_a_tiny_size(tmp_path: Path, capsys: pytest.Capt
     assert code == (0 if summary["passed"] else 1)
     assert "ShapesBench study" in out and "supervised (ceiling)" in out
     assert "gate baseline-beats-random-init" in out
+
+
+@pytest.mark.slow
+def test_the_vlp_arms_run_at_a_tiny_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    argv = ["--seeds", "2", "--images", "16", "--epochs", "1", "--val-images", "16", "--batch-size", "8"]
+    assert main([*argv, "--arms", "vlp", "--workdir", str(tmp_path)]) == 0  # no gate is about a VLP arm
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    arms = summary["arms"]
+    assert list(arms) == ["vlp-baseline", "vlp-true-masks", "vlp-shuffled-masks", "vlp-attention-masks"]
+    assert arms["vlp-attention-masks"]["status"].startswith("unavailable: ")
+    assert arms["vlp-baseline"]["vs"] == "random-init"
+    for name in ("vlp-baseline", "vlp-true-masks", "vlp-shuffled-masks"):
+        entry = arms[name]
+        assert entry["metric"] == "grounding/mean_iou" and entry["seeds"] == 2
+        assert entry["ci_low"] <= entry["mean_diff"] <= entry["ci_high"]
+        assert entry["wins"] + entry["losses"] <= 2
+    assert arms["vlp-true-masks"]["vs"] == arms["vlp-shuffled-masks"]["vs"] == "vlp-baseline"
+    assert arms["vlp-shuffled-masks"]["maskIoU"] < 0.15
+    assert summary["gates"] == {} and summary["passed"] is True
+    # a VLP-only run trains neither the contrastive baseline nor the probe's ceiling
+    assert not (tmp_path / "seed-0" / "baseline").exists() and not (tmp_path / "supervised").exists()
+    assert "ShapesBench study (text)" in out and "primary grounding/mean_iou" in out

@@ -14,15 +14,22 @@ are given:
   IoU with the truth; the IoU reached is measured and reported (the dose-response);
 - ``attention-masks``: masks from a toy text-to-image model that draws the clutter scenes — reported as
   unavailable when no such model exists, never run on other data;
-- ``mae-uniform`` and ``mae-guided``: MAE with uniform masking vs attention-guided masking with hints.
+- ``mae-uniform`` and ``mae-guided``: MAE with uniform masking vs attention-guided masking with hints;
+- ``vlp-baseline`` (image–caption InfoNCE only), ``vlp-true-masks`` (plus the region–phrase term on the true
+  masks: the positive control), ``vlp-shuffled-masks`` (on another image's masks: a negative control) and
+  ``vlp-attention-masks`` (unavailable for the same reason as ``attention-masks``).
 
-Every checkpoint, one random-init backbone (the probe's floor) and one trained supervised on the shapes (its
-ceiling at this size, probe_ceiling.py) are scored with the object-centric benchmarks on ShapesBench
-clutter validation images: ``object-probe`` (the primary metric, top-1), ``presence`` and ``semseg``. Per arm the
-study reports the paired difference to the arm it is compared with (baseline; ``mae-uniform`` for
-``mae-guided``; random init for the two baselines) as mean and 95% confidence interval over seeds (t
-distribution) with how many seeds went each way, checks its validity gates and prints a JSON object last.
-The protocol (:data:`PROTOCOL`, ``docs/study.md``) was fixed before any attention-mask arm was run.
+An arm's framework decides what it is scored on (:class:`Scoring`), on ShapesBench clutter validation images.
+The contrastive and MAE checkpoints, one random-init backbone (the probe's floor) and one trained supervised on
+the shapes (its ceiling at this size, probe_ceiling.py) get the object-centric benchmarks: ``object-probe`` (the
+primary metric, top-1), ``presence`` and ``semseg``. The VLP checkpoints and a random-init dual encoder get
+those that read a text tower: ``grounding`` (the primary metric, mean IoU: what the region–phrase term trains),
+``zero-shot`` and ``retrieval``. Per arm the study reports the paired difference to the arm it is compared with
+(the baseline of its framework; ``mae-uniform`` for ``mae-guided``; random init for the baselines) as mean and
+95% confidence interval over seeds (t distribution) with how many seeds went each way, checks its validity
+gates (about the contrastive baseline, so only when an object-centric arm runs) and prints a JSON object last.
+The protocol (:data:`PROTOCOL`, ``docs/study.md``) was fixed before any attention-mask arm was run, and its VLP
+part before any VLP arm was.
 """
 
 from __future__ import annotations
@@ -707,7 +714,7 @@ def _label(metric: str) -> str:
 
 def print_tables(result: dict[str, Any], console: Any) -> None:
     """The result as rich tables, one per scoring (object-centric, text): per arm the paired difference in its
-    primary and secondary metrics; then the unavailable arms and the gates."""
+    primary metric and in the other benchmarks' metrics; then the unavailable arms and the gates."""
     from rich.table import Table
 
     p = result["protocol"]
@@ -719,10 +726,20 @@ def print_tables(result: dict[str, Any], console: Any) -> None:
         table = Table(
             title=f"ShapesBench study ({scoring.name}): {p['variant']}, {p['images']} images, {p['epochs']} epochs, "
             f"{p['backbone']} at {p['imageSize']} px, {len(p['seeds'])} seeds; {p['valImages']} val images",
-            caption=f"difference to 'vs' in points of each metric (paired over seeds; 95% t interval for {primary})",
+            caption=f"primary {primary}: difference to 'vs' in points (paired over seeds; 95% t interval)",
         )
-        columns = ["arm", "vs", _label(primary), "diff", "95% CI", "wins/losses"]
-        columns += [f"{_label(m)} diff" for m in scoring.secondary] + ["mask IoU"]
+        # the first metric of each other benchmark (the JSON has every metric's difference)
+        benchmarks = {m.split("/")[0]: m for m in reversed(scoring.secondary)}
+        shown = [m for b, m in reversed(benchmarks.items()) if b != primary.split("/")[0]]
+        columns = [
+            "arm",
+            "vs",
+            primary.split("/")[1],
+            "diff",
+            "95% CI",
+            "wins/losses",
+        ]  # the caption names it
+        columns += [f"{_label(m)} diff" for m in shown] + ["mask IoU"]
         for column in columns:
             table.add_column(column, justify="left" if column in ("arm", "vs") else "right")
         blank = [""] * (len(columns) - 3)
@@ -741,7 +758,7 @@ def print_tables(result: dict[str, Any], console: Any) -> None:
             ci = f"[{_points(e['ci_low'])}, {_points(e['ci_high'])}]" if e["ci_low"] is not None else "-"
             table.add_row(
                 name, e["vs"], f"{e['mean'][primary]:.3f}", _points(e["mean_diff"]), ci, f"{e['wins']}/{e['losses']}",
-                *(_points(e["secondary"][m]["mean_diff"]) for m in scoring.secondary),
+                *(_points(e["secondary"][m]["mean_diff"]) for m in shown),
                 f"{e['maskIoU']:.2f}" if "maskIoU" in e else "",
             )  # fmt: skip
         console.print(table)
