@@ -653,9 +653,8 @@ def study(
         start = time.perf_counter()
         scores[seed] = {}
         for scoring in scorings:
-            suffix = (
-                "" if scoring is OBJECTS else f"-{scoring.name}"
-            )  # "eval": a rerun of a workdir reuses it
+            # "eval": a rerun of a workdir reuses it
+            suffix = "" if scoring is OBJECTS else f"-{scoring.name}"
             scores[seed] |= _evaluate(outputs[scoring.name], scoring, f"file://{root}/eval{suffix}", p)
         log(f"seed {seed}: evaluated {len(runnable)} checkpoints in {time.perf_counter() - start:.0f} s")
 
@@ -734,11 +733,11 @@ def print_tables(result: dict[str, Any], console: Any) -> None:
         columns = [
             "arm",
             "vs",
-            primary.split("/")[1],
+            primary.split("/")[1],  # the caption names it
             "diff",
             "95% CI",
             "wins/losses",
-        ]  # the caption names it
+        ]
         columns += [f"{_label(m)} diff" for m in shown] + ["mask IoU"]
         for column in columns:
             table.add_column(column, justify="left" if column in ("arm", "vs") else "right")
