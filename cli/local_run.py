@@ -28,7 +28,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -116,8 +115,7 @@ def run_pipeline(manifests: Manifests, workdir_path: Path, force: bool, console:
     """Run every resource in dependency order; 0 when all succeed, 1 otherwise, 130 on Ctrl-C.
 
     SIGTERM or SIGHUP stop it as Ctrl-C does, after which the process ends by that signal. When the workdir
-    cannot be used or another run holds it, nothing runs: typer.Exit with EXIT_UNUSABLE_WORKDIR or
-    EXIT_BUSY_WORKDIR.
+    cannot be used or another run holds it, nothing runs: EXIT_UNUSABLE_WORKDIR or EXIT_BUSY_WORKDIR.
     """
     try:
         workdir = Workdir(workdir_path)
@@ -127,7 +125,7 @@ def run_pipeline(manifests: Manifests, workdir_path: Path, force: bool, console:
             )
     except WorkdirError as e:
         console.print(f"[red]error[/]: {e}", soft_wrap=True)
-        raise typer.Exit(EXIT_BUSY_WORKDIR if isinstance(e, WorkdirBusy) else EXIT_UNUSABLE_WORKDIR) from None
+        return EXIT_BUSY_WORKDIR if isinstance(e, WorkdirBusy) else EXIT_UNUSABLE_WORKDIR
     except Stopped as e:
         if e.signum == signal.SIGINT:
             return EXIT_INTERRUPTED

@@ -326,14 +326,13 @@ def test_configuration_from_the_environment():
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_freeatm_render_prints_valid_objects(path):
-    from typer.testing import CliRunner
+def test_freeatm_render_prints_valid_objects(path, capsys):
+    from freeatm.cli.main import main
 
-    from freeatm.cli.main import app
-
-    result = CliRunner().invoke(app, ["render", "-f", str(path)])
-    assert result.exit_code == 0, result.output
-    objects = [d for d in yaml.safe_load_all(result.output) if d]
+    code = main(["render", "-f", str(path)])
+    out, errors = capsys.readouterr()
+    assert code == 0, out + errors
+    objects = [d for d in yaml.safe_load_all(out) if d]
     assert objects and {o["kind"] for o in objects} <= {"Job", "Service"}
     for obj in objects:
         kubernetes_validate.validate(obj, "1.29", strict=True)

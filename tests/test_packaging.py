@@ -93,11 +93,16 @@ def test_test_and_detection_libraries_are_not_runtime_requirements() -> None:
     assert not [p for p in shipped if re.search(r"^\s*(from|import) torchmetrics\b", p.read_text(), re.M)]
 
 
-def test_the_runtime_parses_its_arguments_with_argparse() -> None:
-    # One rule: typer is the `freeatm` command's framework (cli/); what runs in the workload pods (runtime/)
-    # returns its exit codes from main() itself, so no CLI framework stands between it and the exit status.
+def test_every_command_line_parses_its_arguments_with_argparse() -> None:
+    # One framework: argparse returns control to main(), which returns the exit code (the pod contract).
     imports = re.compile(r"^\s*(from|import) (typer|click)\b", re.M)
-    assert not [p for p in (ROOT / "runtime").rglob("*.py") if imports.search(p.read_text())]
+    sources = [
+        p
+        for folder in ("api", "cli", "operator", "runtime", "benchmarks")
+        for p in (ROOT / folder).rglob("*.py")
+    ]
+    assert not [p for p in sources if imports.search(p.read_text())]
+    assert not {"typer", "click"} & {r.name for reqs in requirements().values() for r in reqs}
 
 
 def test_the_wheel_builds_quietly_and_ships_the_toy_weights(tmp_path: Path) -> None:
