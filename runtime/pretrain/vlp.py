@@ -61,17 +61,16 @@ class VLPModel(DualEncoder):
         backbone: Backbone,
         tokenizer: PreTrainedTokenizerFast,
         *,
-        width: int = 128,
-        layers: int = 2,
-        heads: int = 4,
         temperature: float = 0.2,
         image_text_loss: bool = True,
         region_phrase: bool = False,
         phrase_temperature: float = 0.07,
         phrase_loss_weight: float = 1.0,
         gather: bool = True,
+        **tower: int,
     ) -> None:
-        super().__init__(backbone, tokenizer, width=width, layers=layers, heads=heads)
+        """`tower`: the text tower's sizes (`DualEncoder`'s width, layers, heads, embed_dim)."""
+        super().__init__(backbone, tokenizer, **tower)
         self.temperature = temperature
         self.image_text_loss = image_text_loss
         self.region_phrase = region_phrase
