@@ -18,7 +18,8 @@ class ModelSource(Model):
     """The text-to-image diffusion model (a diffusers pipeline)."""
 
     uri: str
-    """hf://org/name, s3://bucket/path, pvc://claim/path, file:///path, or toy://shapes (built-in tiny model)."""
+    """hf://org/name, s3://bucket/path, pvc://claim/path, file:///path, or a built-in tiny model: toy://shapes (plain
+    ShapesBench scenes), toy://shapes-clutter (clutter scenes) or toy://shapes-random (random weights)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) for hf:// models; default: the repository's default branch."""
     secret_ref: SecretRef | None = None
@@ -37,7 +38,7 @@ class Prompts(Model):
 
     preset: Literal["shapes", "shapes-clutter"] | None = None
     """A built-in prompt set: shapes (ShapesBench captions, for toy://shapes) or shapes-clutter (captions of the
-    ShapesBench clutter variant: 2-4 objects of six shapes in one colour)."""
+    ShapesBench clutter variant: 2-4 objects of six shapes in one colour, for toy://shapes-clutter)."""
     classes: list[str] | None = Field(default=None, min_length=1)
     """Object class names; each prompt is a template filled with one class, which is its object word."""
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}"], min_length=1)

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .common import check_int_query
 
-TOY_MODELS = ("shapes", "shapes-random")
+TOY_MODELS = ("shapes", "shapes-clutter", "shapes-random")
 SHAPESBENCH_SPLITS = ("train", "val", "test")
 SHAPESBENCH_VARIANTS = ("plain", "clutter")
 SHAPESBENCH_PARAMS = ("variant", "images", "size")

@@ -27,11 +27,8 @@ from freeatm.api.pretrain_job import SHAPESBENCH_TOKENIZER
 from .backbones import Backbone, load_export, read_export_file, save_export, state_dict_bytes
 from .errors import InvalidInput
 from .pretrain.contrastive import MAX_OBJECTS, MIN_OBJECT_AREA, cell_weights
-from .shapes import CAPTION_WORDS, CLUTTER_CAPTION_WORDS
 from .storage import local_path
 
-SHAPESBENCH_MAX_LENGTH = 24
-"""Tokens per ShapesBench prompt: BOS, up to 15 words (four clutter objects), EOS, padding."""
 TEXT_TOWER_FILE = "text_tower.pt"
 _TEXT_PREFIXES = ("text_model.", "image_projection.", "text_projection.")
 
@@ -40,10 +37,9 @@ def build_text_tokenizer(name: str = SHAPESBENCH_TOKENIZER) -> PreTrainedTokeniz
     """The text tower's tokenizer: `toy://shapesbench` (word level over every ShapesBench caption word, stable
     ids), or the `tokenizer.json` (with its tokenizer_config.json, if any) of a file:// or pvc:// directory."""
     if name == SHAPESBENCH_TOKENIZER:
-        from .toy.tokenizer import build_tokenizer
+        from .toy.tokenizer import shapesbench_tokenizer
 
-        words = tuple(dict.fromkeys((*CAPTION_WORDS, *CLUTTER_CAPTION_WORDS)))
-        return build_tokenizer(words, SHAPESBENCH_MAX_LENGTH)
+        return shapesbench_tokenizer()
     path = local_path(name) if name.startswith(("file://", "pvc://")) else None
     if path is None:
         raise InvalidInput(

@@ -19,6 +19,7 @@ boolean mask per object; scale-dependent sizes scale with the image size.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -224,23 +225,35 @@ def find_drawn_objects(
     objects: Sequence[ObjectSpec],
     max_distance: float = 110.0,
     min_pixels: int | None = None,
+    variant: str = "plain",
 ) -> list[DrawnObject]:
     """Recover where each named object appears in ``image`` (uint8 H x W x 3) from its colour.
 
-    A pixel has an object's colour when that colour is the palette colour (background included)
-    nearest to it and lies within ``max_distance`` (Euclidean, RGB). The object's mask is the union
-    of the 4-connected regions of its colour with at least ``min_pixels`` pixels, so scattered
-    noise pixels never count; it was drawn when that mask is not empty. The default
-    ``min_pixels`` is a third of the smallest shape ShapesBench renders at this image size.
+    Plain scenes: a pixel has an object's colour when that colour is the palette colour (background
+    included) nearest to it and lies within ``max_distance`` (Euclidean, RGB). The object's mask is the
+    union of the 4-connected regions of its colour with at least ``min_pixels`` pixels, so scattered noise
+    pixels never count; it was drawn when that mask is not empty. The default ``min_pixels`` is a third of
+    the smallest shape the variant renders at this image size.
+
+    Clutter scenes (every object of an image in one hue, on a dimmer textured background of another hue):
+    a pixel has an object's colour when its hue is within :data:`_DRAWN_HUE_TOLERANCE` of the named hue
+    and its saturation and value are at least :data:`_DRAWN_MIN_SATURATION_VALUE`. Each region of that
+    colour with ``min_pixels`` or more is one drawn candidate, and the objects are matched one-to-one to
+    candidates by shape: the matching maximises the summed IoU between each candidate and its object's
+    shape rasterised in the candidate's bounding square. An object left without a candidate was not drawn.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}")
+    shapes_of(variant)
+    if min_pixels is None:
+        low = _CLUTTER_MIN_SIDE if variant == "clutter" else _MIN_SIDE
+        side = round(low * min(image.shape[:2]))
+        min_pixels = max(1, side * side // 6)
+    if variant == "clutter":
+        return _find_drawn_clutter(image, objects, min_pixels)
     palette = np.array([BACKGROUND, *COLOURS.values()], dtype=np.float64)
     distance = np.linalg.norm(image.astype(np.float64)[:, :, None, :] - palette[None, None], axis=-1)
     nearest = np.where(distance.min(axis=-1) <= max_distance, distance.argmin(axis=-1), -1)
-    if min_pixels is None:
-        side = round(_MIN_SIDE * min(image.shape[:2]))
-        min_pixels = max(1, side * side // 6)
     names = list(COLOURS)
     found = []
     for obj in objects:
@@ -249,6 +262,52 @@ def find_drawn_objects(
         mask = np.isin(labels, ids[counts >= min_pixels])
         found.append(DrawnObject(obj.shape, obj.colour, mask, bool(mask.any())))
     return found
+
+
+_DRAWN_HUE_TOLERANCE = 25.0  # degrees: the rendering jitter (8) plus what a model's colours drift
+_DRAWN_MIN_SATURATION_VALUE = 0.7  # objects render at >= 0.85; the background at <= 0.75 saturation, ~0.45 value
+_MAX_CANDIDATES = 8  # the largest regions of an object colour that the shape matching considers
+
+
+def _find_drawn_clutter(image: np.ndarray, objects: Sequence[ObjectSpec], min_pixels: int) -> list[DrawnObject]:
+    from PIL import Image
+
+    hsv = np.asarray(Image.fromarray(image).convert("HSV"), dtype=np.float64) / 255.0
+    size = image.shape[0]
+    found: dict[int, DrawnObject] = {}
+    for colour in dict.fromkeys(o.colour for o in objects):
+        if colour not in HUES:
+            raise ValueError(f"unknown clutter colour {colour!r}; expected one of {', '.join(HUES)}")
+        offset = np.abs(hsv[..., 0] * 360.0 - HUES[colour])
+        coloured = (
+            (np.minimum(offset, 360.0 - offset) <= _DRAWN_HUE_TOLERANCE)
+            & (hsv[..., 1] >= _DRAWN_MIN_SATURATION_VALUE)
+            & (hsv[..., 2] >= _DRAWN_MIN_SATURATION_VALUE)
+        )
+        labels = _components(coloured)
+        ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+        largest = ids[counts >= min_pixels][np.argsort(-counts[counts >= min_pixels], kind="stable")]
+        regions = [labels == i for i in largest[:_MAX_CANDIDATES]]
+        members = [k for k, o in enumerate(objects) if o.colour == colour]
+        fit = np.array([[_shape_fit(objects[k].shape, r, size) for r in regions] for k in members])
+        best: tuple[float, tuple[int, ...]] = (-1.0, ())
+        for chosen in itertools.permutations(range(len(regions)), min(len(members), len(regions))):
+            total = float(sum(fit[m, r] for m, r in enumerate(chosen)))
+            best = max(best, (total, chosen), key=lambda b: b[0])
+        chosen = dict(enumerate(best[1]))
+        for m, k in enumerate(members):
+            mask = regions[chosen[m]] if m in chosen else np.zeros(image.shape[:2], dtype=bool)
+            found[k] = DrawnObject(objects[k].shape, colour, mask, m in chosen)
+    return [found[k] for k in range(len(objects))]
+
+
+def _shape_fit(shape: str, region: np.ndarray, size: int) -> float:
+    """IoU between `region` and `shape` rasterised in the region's bounding square."""
+    ys, xs = np.nonzero(region)
+    side = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
+    box = ((xs.min() + xs.max() + 1 - side) / 2, (ys.min() + ys.max() + 1 - side) / 2, side)
+    template = _raster(shape, box, size)  # type: ignore[arg-type]
+    return float((template & region).sum() / (template | region).sum())
 
 
 def _components(mask: np.ndarray) -> np.ndarray:

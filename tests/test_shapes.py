@@ -117,6 +117,35 @@ def test_speckle_noise_is_not_an_object() -> None:
 # --- clutter -----------------------------------------------------------------------------------------------------
 
 
+def _shape_of_region(scene, mask: np.ndarray) -> str:  # type: ignore[no-untyped-def]
+    return max(scene.objects, key=lambda o: (o.mask & mask).sum() / (o.mask | mask).sum()).shape
+
+
+def test_clutter_drawn_objects_are_matched_by_shape() -> None:
+    for index in range(60):
+        scene = render_clutter_scene(7, index)
+        found = find_drawn_objects(scene.image, scene.objects, variant="clutter")
+        for obj, f in zip(scene.objects, found, strict=True):
+            assert f.drawn and f.shape == obj.shape
+            # the region is one of the scene's objects of that shape (two squares may swap regions)
+            assert any(np.array_equal(f.mask, o.mask) for o in scene.objects if o.shape == obj.shape)
+            assert _shape_of_region(scene, f.mask) == obj.shape
+
+
+def test_clutter_objects_the_image_lacks_are_not_drawn() -> None:
+    scene = render_clutter_scene(7, 3)
+    colour = scene.objects[0].colour
+    other = next(c for c in HUES if abs(HUES[c] - HUES[colour]) >= 90 and abs(HUES[c] - HUES[colour]) <= 270)
+    assert not any(f.drawn for f in find_drawn_objects(scene.image, [ObjectSpec("ring", other)], variant="clutter"))
+    # more objects named than drawn: the extra one finds no region
+    named = [*scene.objects, *scene.objects, *scene.objects]
+    found = find_drawn_objects(scene.image, named, variant="clutter")
+    assert sum(f.drawn for f in found) == len(scene.objects)
+    with pytest.raises(ValueError, match="unknown clutter colour"):
+        find_drawn_objects(scene.image, [ObjectSpec("ring", "white")], variant="clutter")
+
+
+
 def test_clutter_scenes_are_deterministic_and_differ_from_plain() -> None:
     first, again = render_clutter_scene(3, 17), render(3, 17, variant="clutter")
     assert np.array_equal(first.image, again.image) and first.caption == again.caption

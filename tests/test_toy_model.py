@@ -125,3 +125,35 @@ def test_committed_weights_draw_the_prompted_objects() -> None:
     captions = eval_captions(32)
     images = generate(pipe, captions, seed=0, num_inference_steps=10)
     assert drawn_object_share(images, captions) >= 0.8
+
+
+def test_a_clutter_model_starts_from_a_plain_one_keeping_its_words(tmp_path: Path) -> None:
+    from freeatm.runtime.toy.pipeline import toy_tokenizer
+    from freeatm.runtime.toy.train import start_from
+
+    plain = build_random_pipeline(seed=4)
+    plain.save_pretrained(tmp_path)
+    clutter = start_from(tmp_path, "clutter")
+    assert clutter.tokenizer.get_vocab() == toy_tokenizer("clutter").get_vocab()
+    def embeddings(pipe: PixelTextToImagePipeline) -> tuple[torch.Tensor, torch.Tensor]:
+        state = pipe.text_encoder.state_dict()
+        return next(v for k, v in state.items() if k.endswith("token_embedding.weight")), next(
+            v for k, v in state.items() if k.endswith("position_embedding.weight")
+        )
+
+    (words, positions), (new_words, new_positions) = embeddings(plain), embeddings(clutter)
+    assert torch.equal(new_words[: len(words)], words) and torch.equal(new_positions[: len(positions)], positions)
+    assert torch.allclose(new_words[-1], words.mean(0))
+    assert new_positions.shape[0] == clutter.tokenizer.model_max_length == 24
+    for name, value in plain.unet.state_dict().items():
+        assert torch.equal(clutter.unet.state_dict()[name], value), name
+
+
+def test_the_trained_toy_models_are_the_apis_built_in_ones() -> None:
+    from freeatm.api.toy import TOY_MODELS
+    from freeatm.runtime.toy.pipeline import TRAINED
+
+    assert set(TOY_MODELS) == {*TRAINED, "shapes-random"}
+    assert toy_model_dir("shapes-clutter").name == "weights-clutter"
+    with pytest.raises(ValueError, match="no trained toy model"):
+        toy_model_dir("shapes-random")

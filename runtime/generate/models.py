@@ -85,13 +85,13 @@ def resolve_model_dir(uri: str, revision: str | None = None) -> Path:
 
 
 def _toy_dir(name: str) -> Path:
-    from freeatm.runtime.toy.pipeline import build_random_pipeline, toy_model_dir
+    from freeatm.runtime.toy.pipeline import TRAINED, build_random_pipeline, toy_model_dir
 
-    if name == "shapes":
-        path = toy_model_dir()
+    if name in TRAINED:
+        path = toy_model_dir(name)
         if not (path / "model_index.json").exists():
             raise InvalidInput(
-                f"toy://shapes: the trained weights are not installed at {path}; use toy://shapes-random for the "
+                f"toy://{name}: the trained weights are not installed at {path}; use toy://shapes-random for the "
                 "random-weights model"
             )
         return path
@@ -106,7 +106,9 @@ def _toy_dir(name: str) -> Path:
             except OSError:  # another process won the race
                 shutil.rmtree(tmp, ignore_errors=True)
         return path
-    raise InvalidInput(f"toy://{name}: unknown toy model; use toy://shapes or toy://shapes-random")
+    raise InvalidInput(
+        f"toy://{name}: unknown toy model; use {', '.join(f'toy://{n}' for n in (*TRAINED, 'shapes-random'))}"
+    )
 
 
 def _hub_dir(repo_id: str, revision: str | None) -> Path:

@@ -21,9 +21,11 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
-from freeatm.runtime.toy.tokenizer import BOS, EOS, PAD, build_tokenizer
+from freeatm.runtime.toy.tokenizer import BOS, EOS, PAD, build_tokenizer, shapesbench_tokenizer
 
 IMAGE_SIZE = 32
+TRAINED: dict[str, str] = {"shapes": "plain", "shapes-clutter": "clutter"}
+"""The trained toy models (``toy://<name>``) and the ShapesBench variant each was trained to draw."""
 StepCallback = Callable[["PixelTextToImagePipeline", int, torch.Tensor, dict[str, Any]], dict[str, Any]]
 
 
@@ -229,9 +231,16 @@ def scheduler_config() -> dict[str, Any]:
     }
 
 
-def build_random_pipeline(seed: int = 0) -> PixelTextToImagePipeline:
-    """The toy pipeline with freshly initialised (random) weights, built from the configs above."""
-    tokenizer = build_tokenizer()
+def toy_tokenizer(variant: str = "plain") -> PreTrainedTokenizerFast:
+    """The tokenizer of the toy model drawing ShapesBench `variant`: the plain words (16 tokens a prompt), or
+    every ShapesBench word (24 tokens, room for four clutter objects) with the plain words' ids unchanged."""
+    return shapesbench_tokenizer() if variant == "clutter" else build_tokenizer()
+
+
+def build_random_pipeline(seed: int = 0, variant: str = "plain") -> PixelTextToImagePipeline:
+    """The toy pipeline for ShapesBench `variant` with freshly initialised (random) weights, built from the
+    configs above."""
+    tokenizer = toy_tokenizer(variant)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**unet_config())
@@ -242,11 +251,14 @@ def build_random_pipeline(seed: int = 0) -> PixelTextToImagePipeline:
     )
 
 
-def toy_model_dir() -> Path:
-    """Directory of the committed trained weights of ``toy://shapes`` (a ``save_pretrained`` layout)."""
-    return Path(__file__).resolve().parent / "weights"
+def toy_model_dir(name: str = "shapes") -> Path:
+    """Directory of the committed trained weights of ``toy://<name>`` (a ``save_pretrained`` layout):
+    ``weights`` for ``shapes``, ``weights-clutter`` for ``shapes-clutter``."""
+    if name not in TRAINED:
+        raise ValueError(f"no trained toy model {name!r}; the trained ones are {', '.join(TRAINED)}")
+    return Path(__file__).resolve().parent / f"weights{name.removeprefix('shapes')}"
 
 
-def load_toy_pipeline() -> PixelTextToImagePipeline:
-    """The trained ``toy://shapes`` pipeline, loaded from :func:`toy_model_dir` on the CPU."""
-    return PixelTextToImagePipeline.from_pretrained(toy_model_dir())
+def load_toy_pipeline(name: str = "shapes") -> PixelTextToImagePipeline:
+    """The trained ``toy://<name>`` pipeline, loaded from :func:`toy_model_dir` on the CPU."""
+    return PixelTextToImagePipeline.from_pretrained(toy_model_dir(name))

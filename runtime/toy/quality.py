@@ -9,16 +9,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from freeatm.runtime.shapes import find_drawn_objects, parse_caption, render_scene
+from freeatm.runtime.shapes import find_drawn_objects, parse_caption, render
 from freeatm.runtime.toy.pipeline import PixelTextToImagePipeline
 
 EVAL_STREAM = 999_999
 """Scene stream (``render_scene`` seed) whose captions serve as evaluation prompts."""
 
 
-def eval_captions(count: int) -> list[str]:
-    """The first ``count`` evaluation captions (ShapesBench stream :data:`EVAL_STREAM`)."""
-    return [render_scene(EVAL_STREAM, i).caption for i in range(count)]
+def eval_captions(count: int, variant: str = "plain") -> list[str]:
+    """The first ``count`` evaluation captions of `variant` (ShapesBench stream :data:`EVAL_STREAM`)."""
+    return [render(EVAL_STREAM, i, variant=variant).caption for i in range(count)]
 
 
 def generate(
@@ -45,12 +45,12 @@ def generate(
     return np.concatenate(images)
 
 
-def drawn_object_share(images: np.ndarray, captions: Sequence[str]) -> float:
-    """Share of the objects named by ``captions`` that the matching ``images`` actually show."""
+def drawn_object_share(images: np.ndarray, captions: Sequence[str], variant: str = "plain") -> float:
+    """Share of the objects named by ``captions`` (of `variant`) that the matching ``images`` actually show."""
     drawn = [
         found.drawn
         for image, caption in zip(images, captions, strict=True)
-        for found in find_drawn_objects(image, parse_caption(caption))
+        for found in find_drawn_objects(image, parse_caption(caption, variant), variant=variant)
     ]
     return sum(drawn) / len(drawn)
 

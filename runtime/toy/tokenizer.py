@@ -7,11 +7,15 @@ from collections.abc import Sequence
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from freeatm.runtime.shapes import CAPTION_WORDS
+from freeatm.runtime.shapes import CAPTION_WORDS, CLUTTER_CAPTION_WORDS
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 MODEL_MAX_LENGTH = 16
-"""Tokens per encoded prompt: BOS, up to 11 caption words, EOS, padding."""
+"""Tokens per encoded plain prompt: BOS, up to 11 caption words, EOS, padding."""
+SHAPESBENCH_WORDS: tuple[str, ...] = tuple(dict.fromkeys((*CAPTION_WORDS, *CLUTTER_CAPTION_WORDS)))
+"""Every word of both ShapesBench variants; the plain words first, so their ids match :func:`build_tokenizer`'s."""
+SHAPESBENCH_MAX_LENGTH = 24
+"""Tokens per ShapesBench prompt of either variant: BOS, up to 15 words (four clutter objects), EOS, padding."""
 
 
 def build_tokenizer(
@@ -43,3 +47,9 @@ def build_tokenizer(
         padding_side="right",
         truncation_side="right",
     )
+
+
+def shapesbench_tokenizer() -> PreTrainedTokenizerFast:
+    """The word-level tokenizer over :data:`SHAPESBENCH_WORDS` (both variants), :data:`SHAPESBENCH_MAX_LENGTH`
+    tokens a prompt: the clutter toy model's and the VLP text tower's ``toy://shapesbench``."""
+    return build_tokenizer(SHAPESBENCH_WORDS, SHAPESBENCH_MAX_LENGTH)

@@ -1,11 +1,15 @@
 """Train ``toy://shapes`` from scratch on ShapesBench scenes.
 
     python -m freeatm.runtime.toy.train --out runtime/toy/weights --device cuda --workers 4
+    python -m freeatm.runtime.toy.train --variant clutter --init runtime/toy/weights \
+        --out runtime/toy/weights-clutter --threads 2
 
 A v-prediction pixel-space diffusion model: AdamW with linear warm-up then cosine decay, caption
 dropout for classifier-free guidance, an exponential moving average (EMA) of the weights. The EMA
 pipeline is saved with ``save_pretrained`` (and every ``--save-every`` steps on the way), then scored
-by the share of the prompted objects it draws on evaluation captions.
+by the share of the prompted objects it draws on evaluation captions. ``--variant clutter`` trains on the
+clutter scenes with the vocabulary of both variants; ``--init`` may then name a plain model, whose words keep
+their embeddings (the new words' and positions' start at the mean of the learnt ones).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from freeatm.runtime.shapes import render_scene
+from freeatm.runtime.shapes import VARIANTS, render
 from freeatm.runtime.toy.pipeline import PixelTextToImagePipeline, build_random_pipeline, scheduler_config
 from freeatm.runtime.toy.quality import drawn_object_share, eval_captions, generate, save_grid
 
@@ -40,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for the saved EMA pipeline")
+    parser.add_argument("--variant", choices=VARIANTS, default="plain", help="the ShapesBench scenes to draw")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -97,9 +102,12 @@ class EMA:
             target.copy_(value)
 
 
-def scene_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
-    """Training batch ``step`` of the scene stream ``seed``: images in [-1, 1] (B x 3 x H x W) and captions."""
-    scenes = [render_scene(seed, step * batch_size + i) for i in range(batch_size)]
+def scene_batch(
+    seed: int, step: int, batch_size: int, variant: str = "plain"
+) -> tuple[torch.Tensor, list[str]]:
+    """Training batch ``step`` of the `variant` scene stream ``seed``: images in [-1, 1] (B x 3 x H x W) and
+    captions."""
+    scenes = [render(seed, step * batch_size + i, variant=variant) for i in range(batch_size)]
     pixels = np.stack([s.image for s in scenes]).astype(np.float32) / 127.5 - 1.0
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), [s.caption for s in scenes]
 
@@ -107,12 +115,13 @@ def scene_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, li
 class SceneBatches(torch.utils.data.Dataset):
     """Training batch ``step`` of the scene stream ``seed``, for a ``DataLoader`` that renders ahead."""
 
-    def __init__(self, seed: int, batch_size: int) -> None:
+    def __init__(self, seed: int, batch_size: int, variant: str) -> None:
         self.seed = seed
         self.batch_size = batch_size
+        self.variant = variant
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, list[str]]:
-        return scene_batch(self.seed, step, self.batch_size)
+        return scene_batch(self.seed, step, self.batch_size, self.variant)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -122,9 +131,9 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def save_ema(pipe: PixelTextToImagePipeline, ema: EMA, out: Path) -> PixelTextToImagePipeline:
-    """Save a CPU copy of ``pipe`` carrying the EMA weights to ``out``; return that copy."""
-    snapshot = build_random_pipeline()
+def save_ema(pipe: PixelTextToImagePipeline, ema: EMA, out: Path, variant: str) -> PixelTextToImagePipeline:
+    """Save a CPU copy of ``pipe`` (drawing `variant`) carrying the EMA weights to ``out``; return that copy."""
+    snapshot = build_random_pipeline(variant=variant)
     snapshot.unet.load_state_dict(pipe.unet.state_dict())
     snapshot.text_encoder.load_state_dict(pipe.text_encoder.state_dict())
     ema.copy_to(trainable(snapshot))
@@ -152,6 +161,31 @@ def save_state(
     partial.replace(path)
 
 
+@torch.no_grad()
+def start_from(init: Path, variant: str) -> PixelTextToImagePipeline:
+    """The pipeline for `variant` starting from the weights saved at `init`. When `init` was trained with fewer
+    words or positions (a plain model), the shared token ids keep their embeddings (the toy tokenizers give the
+    plain words the same ids) and the new rows start at the mean of the learnt ones."""
+    saved = PixelTextToImagePipeline.from_pretrained(init)
+    pipe = build_random_pipeline(variant=variant)
+    pipe.unet.load_state_dict(saved.unet.state_dict())
+    target = pipe.text_encoder.state_dict()
+    for name, value in saved.text_encoder.state_dict().items():
+        rows = value.shape[0]
+        if value.shape == target[name].shape:
+            target[name] = value
+        elif value.ndim == 2 and value.shape[1] == target[name].shape[1] and rows < target[name].shape[0]:
+            vocab = saved.tokenizer.get_vocab()
+            if any(pipe.tokenizer.get_vocab().get(word) != i for word, i in vocab.items()):
+                raise ValueError(f"{init}: its token ids are not a prefix of the {variant} tokenizer's")
+            extra = value.mean(0, keepdim=True).expand(target[name].shape[0] - rows, -1)
+            target[name] = torch.cat([value, extra])
+        else:
+            raise ValueError(f"{init}: {name} has shape {tuple(value.shape)}, expected {tuple(target[name].shape)}")
+    pipe.text_encoder.load_state_dict(target)
+    return pipe
+
+
 def trainable(pipe: PixelTextToImagePipeline) -> list[torch.nn.Parameter]:
     """The trained parameters: UNet, then text encoder."""
     return [*pipe.unet.parameters(), *pipe.text_encoder.parameters()]
@@ -163,9 +197,9 @@ def train(args: argparse.Namespace) -> PixelTextToImagePipeline:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     if args.init:
-        pipe = PixelTextToImagePipeline.from_pretrained(args.init)
+        pipe = start_from(args.init, args.variant)
     else:
-        pipe = build_random_pipeline(seed=args.seed)
+        pipe = build_random_pipeline(seed=args.seed, variant=args.variant)
     pipe.to(device)
     pipe.unet.train()
     pipe.text_encoder.train()
@@ -198,7 +232,7 @@ def train(args: argparse.Namespace) -> PixelTextToImagePipeline:
     )
     # Batch ``step`` depends only on (seed, step), so the worker count never changes what is trained on.
     batches = torch.utils.data.DataLoader(
-        SceneBatches(args.seed, args.batch_size),
+        SceneBatches(args.seed, args.batch_size, args.variant),
         batch_size=None,
         sampler=range(first, args.steps),
         num_workers=args.workers,
@@ -239,12 +273,12 @@ def train(args: argparse.Namespace) -> PixelTextToImagePipeline:
                     f"{elapsed / (step + 1 - first):.2f} s/step"
                 )
             if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-                save_ema(pipe, ema, args.out)
+                save_ema(pipe, ema, args.out, args.variant)
                 if args.state:
                     save_state(args.state, step + 1, pipe, generator, stateful)
                 console.log(f"saved EMA weights of step {step + 1} to {args.out}")
 
-    final = save_ema(pipe, ema, args.out)
+    final = save_ema(pipe, ema, args.out, args.variant)
     console.log(f"saved EMA weights to {args.out} after {time.monotonic() - started:.0f} s")
     return final
 
@@ -255,11 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     pipe = train(args)
     if args.eval_captions:
         pipe.set_progress_bar_config(disable=True)
-        captions = eval_captions(args.eval_captions)
+        captions = eval_captions(args.eval_captions, args.variant)
         images = generate(pipe, captions)
-        console.log(
-            f"drawn-object share on {len(captions)} captions: {drawn_object_share(images, captions):.3f}"
-        )
+        share = drawn_object_share(images, captions, args.variant)
+        console.log(f"drawn-object share on {len(captions)} captions: {share:.3f}")
         if args.samples:
             save_grid(images, args.samples)
             console.log(f"samples written to {args.samples}")
