@@ -124,7 +124,8 @@ def test_the_wheel_builds_quietly_and_ships_the_toy_weights(tmp_path: Path) -> N
     names = set(zipfile.ZipFile(wheel).namelist())
     weights = {
         f"freeatm/runtime/toy/{p.relative_to(ROOT / 'runtime' / 'toy').as_posix()}"
-        for p in (ROOT / "runtime" / "toy" / "weights").rglob("*")
+        for model in ("weights", "weights-clutter")
+        for p in (ROOT / "runtime" / "toy" / model).rglob("*")
         if p.is_file()
     }
-    assert weights and weights <= names, sorted(weights - names)
+    assert any("/weights-clutter/" in w for w in weights) and weights <= names, sorted(weights - names)

@@ -92,6 +92,7 @@ def test_arms_resolve_with_what_they_are_compared_against() -> None:
         "true-masks",
         "shuffled-masks",
         "area-matched",
+        "baseline-generated",
         "attention-masks",
     ]
     with pytest.raises(ValueError, match="unknown arm 'nope'"):
@@ -103,8 +104,10 @@ def test_vlp_arms_resolve_without_the_contrastive_baseline() -> None:
         "vlp-baseline",
         "vlp-true-masks",
         "vlp-shuffled-masks",
+        "vlp-baseline-generated",
         "vlp-attention-masks",
     ]
+    assert resolve_arms("vlp-attention-masks") == ["vlp-baseline-generated", "vlp-attention-masks"]
     assert resolve_arms("vlp-shuffled-masks") == ["vlp-baseline", "vlp-shuffled-masks"]
     assert resolve_arms("vlp-true-masks,mae-guided") == [
         "baseline",
@@ -143,9 +146,14 @@ def test_the_vlp_random_init_keeps_random_inits_backbone(tmp_path: Path) -> None
         assert torch.equal(model.backbone.state_dict()[name], tensor), name
 
 
-def test_the_plain_toy_model_cannot_give_clutter_attention_masks() -> None:
-    why = attention_unavailable("toy://shapes")
-    assert why is not None and "ring" in why
+def test_only_a_toy_model_of_the_variant_gives_attention_masks() -> None:
+    from freeatm.runtime.shapesbench.study import PROTOCOL
+
+    assert PROTOCOL["attentionModel"] == "toy://shapes-clutter" and attention_unavailable(PROTOCOL) is None
+    why = attention_unavailable({**PROTOCOL, "attentionModel": "toy://shapes"})
+    assert why is not None and "plain ShapesBench scenes" in why
+    why = attention_unavailable({**PROTOCOL, "attentionModel": "toy://shapes-random"})
+    assert why is not None and "not a trained toy model" in why
 
 
 def test_clutter_dataset_in_the_synthetic_format(tmp_path: Path) -> None:
@@ -172,13 +180,17 @@ def test_the_whole_study_runs_at_a_tiny_size(tmp_path: Path, capsys: pytest.Capt
     out = capsys.readouterr().out
     summary = json.loads(out.strip().splitlines()[-1])
     arms = summary["arms"]
-    assert set(arms) == {"baseline", "true-masks", "iou-0.5", "attention-masks"}
-    assert arms["attention-masks"]["status"].startswith("unavailable: ")
-    for name in ("baseline", "true-masks", "iou-0.5"):
+    assert set(arms) == {"baseline", "true-masks", "iou-0.5", "baseline-generated", "attention-masks"}
+    for name in ("baseline", "true-masks", "iou-0.5", "baseline-generated", "attention-masks"):
         entry = arms[name]
         assert entry["seeds"] == 2 and entry["ci_low"] <= entry["mean_diff"] <= entry["ci_high"]
         assert entry["wins"] + entry["losses"] <= 2
     assert arms["baseline"]["vs"] == "random-init" and arms["true-masks"]["vs"] == "baseline"
+    assert arms["attention-masks"]["vs"] == "baseline-generated"
+    # the toy model drew the captions of the seed's rendered scenes, with attention masks
+    manifest = json.loads((tmp_path / "seed-1" / "data" / "generated" / "manifest.json").read_text())
+    assert manifest["model"]["uri"] == "toy://shapes-clutter" and manifest["hasMasks"]
+    assert manifest["classes"] == list(CLUTTER_SHAPES) and manifest["images"] == 16
     assert 0.35 < arms["iou-0.5"]["maskIoU"] < 0.65
     assert set(summary["gates"]) == {
         "probe-sees-learnt-shapes",
@@ -200,10 +212,12 @@ def test_the_vlp_arms_run_at_a_tiny_size(tmp_path: Path, capsys: pytest.CaptureF
     out = capsys.readouterr().out
     summary = json.loads(out.strip().splitlines()[-1])
     arms = summary["arms"]
-    assert list(arms) == ["vlp-baseline", "vlp-true-masks", "vlp-shuffled-masks", "vlp-attention-masks"]
-    assert arms["vlp-attention-masks"]["status"].startswith("unavailable: ")
-    assert arms["vlp-baseline"]["vs"] == "random-init"
-    for name in ("vlp-baseline", "vlp-true-masks", "vlp-shuffled-masks"):
+    assert list(arms) == [
+        "vlp-baseline", "vlp-true-masks", "vlp-shuffled-masks", "vlp-baseline-generated", "vlp-attention-masks"
+    ]  # fmt: skip
+    assert arms["vlp-baseline"]["vs"] == arms["vlp-baseline-generated"]["vs"] == "random-init"
+    assert arms["vlp-attention-masks"]["vs"] == "vlp-baseline-generated"
+    for name in arms:
         entry = arms[name]
         assert entry["metric"] == "grounding/mean_iou" and entry["seeds"] == 2
         assert entry["ci_low"] <= entry["mean_diff"] <= entry["ci_high"]

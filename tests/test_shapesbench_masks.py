@@ -10,7 +10,7 @@ import torch
 
 from freeatm.runtime.generate.prompts import LocatedObject
 from freeatm.runtime.generate.sampler import Sample
-from freeatm.runtime.shapes import render_scene
+from freeatm.runtime.shapes import render
 from freeatm.runtime.shapesbench import masks as shapesbench_masks
 
 
@@ -34,8 +34,10 @@ def test_random_weights_report(cache, capsys) -> None:  # type: ignore[no-untype
     assert json.loads(out[-1])["miou"] == report["miou"]
 
 
-def test_scoring_against_what_was_drawn(monkeypatch, cache) -> None:  # type: ignore[no-untyped-def]
-    """A sampler that 'draws' the true scene and returns its true labels scores IoU 1 and drawn share 1."""
+@pytest.mark.parametrize("variant", ["plain", "clutter"])
+def test_scoring_against_what_was_drawn(monkeypatch, cache, variant) -> None:  # type: ignore[no-untyped-def]
+    """A sampler that 'draws' the true scene and returns its true labels scores IoU 1 and drawn share 1, in clutter
+    scenes too, where identical objects may take either's region."""
 
     class PerfectSampler:
         def __init__(self, pipe, generation, attention, *a, **k):  # type: ignore[no-untyped-def]
@@ -50,7 +52,7 @@ def test_scoring_against_what_was_drawn(monkeypatch, cache) -> None:  # type: ig
         def generate(self, items, indices, seeds):  # type: ignore[no-untyped-def]
             out = []
             for item, index, seed in zip(items, indices, seeds, strict=True):
-                scene = render_scene(shapesbench_masks.SCORE_STREAM, index)
+                scene = render(shapesbench_masks.SCORE_STREAM, index, variant=variant)
                 assert scene.caption == item.prompt
                 objects = [LocatedObject(o.word, o.cls, o.modifiers, ()) for o in item.objects]
                 labels = scene.label_map().astype(np.uint8)
@@ -58,8 +60,10 @@ def test_scoring_against_what_was_drawn(monkeypatch, cache) -> None:  # type: ig
             return out
 
     monkeypatch.setattr("freeatm.runtime.generate.sampler.Sampler", PerfectSampler)
-    report = shapesbench_masks.score_masks("toy://shapes-random", 12, steps=1)
-    assert report["drawnShare"] == 1.0 and report["miou"] == 1.0 and report["meanObjectIou"] == 1.0
+    report = shapesbench_masks.score_masks("toy://shapes-random", 24, steps=1, variant=variant)
+    assert report["variant"] == variant and report["drawnShare"] == 1.0 and report["miou"] == 1.0
+    assert report["meanObjectIou"] == 1.0 and report["foregroundIou"] == 1.0
+    assert len(report["perClass"]) == (6 if variant == "clutter" else 3)
 
 
 @pytest.mark.slow

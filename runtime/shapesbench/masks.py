@@ -83,6 +83,7 @@ def score_masks(
     union = dict.fromkeys(shapes, 0)
     counts = {s: {"objects": 0, "drawn": 0} for s in shapes}
     object_ious: list[float] = []
+    fg_inter = fg_union = 0
     with Sampler(model.pipe, generation, attention) as sampler:
         for start in range(0, images, batch_size):
             indices = list(range(start, min(start + batch_size, images)))
@@ -96,7 +97,11 @@ def score_masks(
                 labels = sample.labels
                 if labels.shape != sample.image.shape[:2]:
                     raise ValueError("mask and image resolution differ")
-                for k, found in enumerate(find_drawn_objects(sample.image, specs, variant=variant), start=1):
+                drawn = _pair_identical(find_drawn_objects(sample.image, specs, variant=variant), labels)
+                foreground = np.logical_or.reduce([f.mask for f in drawn])
+                fg_inter += int(np.logical_and(labels > 0, foreground).sum())
+                fg_union += int(np.logical_or(labels > 0, foreground).sum())
+                for k, found in enumerate(drawn, start=1):
                     counts[found.shape]["objects"] += 1
                     if not found.drawn:
                         continue
@@ -132,6 +137,8 @@ def score_masks(
         "perClass": per_class,
         "miou": round(sum(scored) / len(scored), 4) if scored else 0.0,
         "meanObjectIou": round(sum(object_ious) / len(object_ious), 4) if object_ious else 0.0,
+        # every mask against every drawn object, identities aside: where the masks find objects at all
+        "foregroundIou": round(fg_inter / fg_union, 4) if fg_union else 0.0,
         "settings": {
             "steps": steps,
             "guidanceScale": guidance_scale,
@@ -146,6 +153,28 @@ def score_masks(
         },
         "seconds": round(time.perf_counter() - began, 1),
     }
+
+
+def _pair_identical(found: list[Any], labels: Any) -> list[Any]:
+    """`found` with the drawn regions of identical objects (same shape and colour: the same words, so either
+    may be either) permuted to agree best with the predicted `labels` (object k is label k + 1)."""
+    import itertools
+
+    import numpy as np
+
+    found = list(found)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for k, f in enumerate(found):
+        groups.setdefault((f.shape, f.colour), []).append(k)
+    for members in (m for m in groups.values() if len(m) > 1):
+        def agreement(order: tuple[int, ...]) -> int:
+            return sum(int(np.logical_and(labels == k + 1, found[j].mask).sum()) for k, j in zip(members, order))  # noqa: B023
+
+        best = max(itertools.permutations(members), key=agreement)
+        regions = [found[j] for j in best]
+        for k, region in zip(members, regions, strict=True):
+            found[k] = region
+    return found
 
 
 def print_report(report: dict[str, Any], console: Any = None) -> None:
@@ -167,6 +196,7 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
         f"{report['miou']:.3f}",
         f"{report['drawn']} / {report['objects']} ({report['drawnShare']:.0%})",
     )
+    table.add_row("foreground IoU", f"{report['foregroundIou']:.3f}", "")
     console.print(table)
     console.file.flush()
     print(json.dumps(report), flush=True)

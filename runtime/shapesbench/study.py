@@ -12,12 +12,15 @@ are given:
   pooling regions of the right size that know nothing about where the object is);
 - ``iou-0.9``, ``iou-0.7``, ``iou-0.5``: the true masks degraded (shifted, dilated or eroded, then peeled) to that
   IoU with the truth; the IoU reached is measured and reported (the dose-response);
-- ``attention-masks``: masks from a toy text-to-image model that draws the clutter scenes — reported as
-  unavailable when no such model exists, never run on other data;
+- ``attention-masks``: the images a toy text-to-image model that draws the clutter scenes generated for the
+  seed's captions, with the masks of its cross-attention (a SyntheticDataset through the generation runtime),
+  paired with ``baseline-generated``, SimCLR on the same generated images — reported as unavailable when no such
+  model is installed, never run on other data;
 - ``mae-uniform`` and ``mae-guided``: MAE with uniform masking vs attention-guided masking with hints;
 - ``vlp-baseline`` (image–caption InfoNCE only), ``vlp-true-masks`` (plus the region–phrase term on the true
   masks: the positive control), ``vlp-shuffled-masks`` (on another image's masks: a negative control) and
-  ``vlp-attention-masks`` (unavailable for the same reason as ``attention-masks``).
+  ``vlp-attention-masks`` (the region–phrase term on the generated images' attention masks, paired with
+  ``vlp-baseline-generated``).
 
 An arm's framework decides what it is scored on (:class:`Scoring`), on ShapesBench clutter validation images.
 The contrastive and MAE checkpoints, one random-init backbone (the probe's floor) and one trained supervised on
@@ -306,6 +309,7 @@ class Arm:
     masks: str | None  # None: useMasks false; true | shuffled | area-matched | iou-X | attention
     versus: str  # an arm, or REFERENCE
     about: str
+    generated: bool = False  # pretrains on the attention model's generated images instead of the rendered ones
 
     @property
     def scoring(self) -> Scoring:
@@ -322,13 +326,15 @@ ARMS: dict[str, Arm] = {
         Arm("iou-0.9", "contrastive", "iou-0.9", "baseline", "true masks degraded to IoU 0.9"),
         Arm("iou-0.7", "contrastive", "iou-0.7", "baseline", "true masks degraded to IoU 0.7"),
         Arm("iou-0.5", "contrastive", "iou-0.5", "baseline", "true masks degraded to IoU 0.5"),
-        Arm("attention-masks", "contrastive", "attention", "baseline", "a toy model's cross-attention masks"),
+        Arm("baseline-generated", "contrastive", None, REFERENCE, "SimCLR on the toy model's images, no masks", True),
+        Arm("attention-masks", "contrastive", "attention", "baseline-generated", "the toy model's images and cross-attention masks", True),
         Arm("mae-uniform", "mim", None, REFERENCE, "MAE, uniform masking"),
         Arm("mae-guided", "mim", "true", "mae-uniform", "MAE, guided masking with hints, true masks"),
         Arm("vlp-baseline", "vlp", None, REFERENCE, "image–caption InfoNCE only, no masks"),
         Arm("vlp-true-masks", "vlp", "true", "vlp-baseline", "region–phrase alignment, true masks: positive control"),
         Arm("vlp-shuffled-masks", "vlp", "shuffled", "vlp-baseline", "region–phrase alignment, another image's masks: negative control"),
-        Arm("vlp-attention-masks", "vlp", "attention", "vlp-baseline", "region–phrase alignment, a toy model's cross-attention masks"),
+        Arm("vlp-baseline-generated", "vlp", None, REFERENCE, "image–caption InfoNCE on the toy model's images, no masks", True),
+        Arm("vlp-attention-masks", "vlp", "attention", "vlp-baseline-generated", "region–phrase alignment on the toy model's images and cross-attention masks", True),
     )
 }  # fmt: skip
 ARM_SETS: dict[str, tuple[str, ...]] = {
@@ -357,7 +363,17 @@ PROTOCOL: dict[str, Any] = {
     "warmupEpochs": 1,
     "arms": "core",
     "primary": {framework: scoring.primary for framework, scoring in SCORING.items()},
-    "attentionModel": "toy://shapes",
+    "attentionModel": "toy://shapes-clutter",
+    # The attention arms' SyntheticDataset (batchSize only sets the throughput: every image has its own seed). The
+    # mask settings scored best of seven on the model's own images (`freeatm shapesbench masks`, RESULTS.md); the
+    # colour word is left out because every object of a clutter scene has the same one.
+    "generation": {"steps": 20, "guidanceScale": 1.0, "scheduler": "ddim", "batchSize": 64},
+    "attention": {
+        "resolutions": [8, 16],
+        "timesteps": [0.66, 1.0],
+        "modifiers": False,
+        "threshold": {"method": "relative", "value": 0.5},
+    },
     # framework vlp: the API's defaults, written out so that the protocol names them
     "vlpTemperature": 0.2,
     "phraseTemperature": 0.07,
@@ -426,20 +442,39 @@ def gates(
     }
 
 
-def attention_unavailable(model: str) -> str:
-    """Why the attention-mask arm cannot run with `model`. It needs a toy model that draws the clutter scenes and a
-    generation step with a baseline on the generated images; neither exists yet, so the arm is always reported,
-    never run on data its masks were not made for."""
-    from ..shapes import CAPTION_WORDS, CLUTTER_CAPTION_WORDS
+def attention_unavailable(p: dict[str, Any]) -> str | None:
+    """Why the arms on generated images cannot run under protocol `p`, or None when they can: a toy:// attention
+    model must be a trained one, drawing the protocol's variant, with its weights installed."""
+    model = p["attentionModel"]
+    if not model.startswith("toy://"):
+        return None
+    from ..toy.pipeline import TRAINED, toy_model_dir
 
-    missing = [w for w in CLUTTER_CAPTION_WORDS if w not in CAPTION_WORDS]
-    if model == "toy://shapes" and missing:
-        return (
-            f"{model} was trained on the plain ShapesBench scenes (black background, 3 shapes); its vocabulary "
-            f"lacks {', '.join(missing)}, so it cannot draw the clutter scenes. Needs a toy model trained on the "
-            "clutter variant (runtime/toy/train.py on clutter captions), scored with `freeatm shapesbench masks`"
-        )
-    return f"the study has no generation step for {model} (docs/study.md says what the arm needs)"
+    name = model.removeprefix("toy://")
+    if name not in TRAINED:
+        return f"{model} is not a trained toy model ({', '.join(f'toy://{n}' for n in TRAINED)} are)"
+    if TRAINED[name] != p["variant"]:
+        return f"{model} was trained on the {TRAINED[name]} ShapesBench scenes; it cannot draw the {p['variant']} ones"
+    if not (toy_model_dir(name) / "model_index.json").is_file():
+        return f"the weights of {model} are not installed at {toy_model_dir(name)}"
+    return None
+
+
+def _generate_doc(seed: int, output: str, p: dict[str, Any]) -> dict[str, Any]:
+    """The SyntheticDataset of the generated arms: the attention model draws the captions of seed `seed`'s rendered
+    scenes (the preset's stream is the dataset seed), with attention masks."""
+    return {
+        "apiVersion": "freeatm.io/v1alpha1",
+        "kind": "SyntheticDataset",
+        "metadata": {"name": "study-generated"},
+        "spec": {
+            "model": {"uri": p["attentionModel"]},
+            "prompts": {"preset": {"plain": "shapes", "clutter": "shapes-clutter"}[p["variant"]]},
+            "generation": {**p["generation"], "images": p["images"], "resolution": p["imageSize"], "seed": seed},
+            "attention": p["attention"],
+            "output": {"uri": output},
+        },
+    }
 
 
 def _pretrain_doc(arm: Arm, seed: int, dataset: str, output: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -577,6 +612,7 @@ def study(
 
     from ..evaluate.datasets import open_split
     from ..evaluate.segmentation import all_background_miou
+    from ..generate import generate_dataset as generate
     from ..pretrain import run as pretrain
     from .probe_ceiling import train_probe_ceiling
 
@@ -584,13 +620,16 @@ def study(
     arms = resolve_arms(p["arms"])
     seeds = list(range(p["seeds"])) if isinstance(p["seeds"], int) else list(p["seeds"])
     unavailable: dict[str, str] = {}
+    reason = attention_unavailable(p)
     for name in arms:
-        if ARMS[name].masks == "attention":
-            unavailable[name] = f"unavailable: {attention_unavailable(p['attentionModel'])}"
+        if ARMS[name].generated and reason:
+            unavailable[name] = f"unavailable: {reason}"
             log(f"{name}: {unavailable[name]}")
     runnable = [a for a in arms if a not in unavailable]
-    for name in runnable:  # a bad size or backbone fails here, before any work
+    for name in runnable:  # a bad size, backbone or attention model fails here, before any work
         parse_resource(_pretrain_doc(ARMS[name], 0, "file:///data", "file:///out", p))
+        if ARMS[name].generated:
+            parse_resource(_generate_doc(0, "file:///data", p))
     scorings = [s for s in (OBJECTS, TEXT) if any(ARMS[a].scoring is s for a in runnable)]
 
     references: dict[str, dict[str, float]] = {}
@@ -632,17 +671,24 @@ def study(
         outputs: dict[str, dict[str, str]] = {s.name: {} for s in scorings}
         for name in runnable:
             arm = ARMS[name]
-            masks = arm.masks or "true"  # a baseline reads the images only
-            data = root / "data" / masks
-            if not (data / "manifest.json").exists():
-                maps = _arm_maps(masks, truth, seed)
-                write_scenes(f"file://{data}", scenes, maps, seed=seed, mask_source=masks)
+            if arm.generated:
+                data = root / "data" / "generated"
+                if not (data / "manifest.json").exists():
+                    start = time.perf_counter()
+                    generate(parse_resource(_generate_doc(seed, f"file://{data}", p)), worker=0)
+                    log(f"seed {seed}: {p['attentionModel']} drew {p['images']} images in {time.perf_counter() - start:.0f} s")
+            else:
+                masks = arm.masks or "true"  # a baseline reads the images only
+                data = root / "data" / masks
+                if not (data / "manifest.json").exists():
+                    maps = _arm_maps(masks, truth, seed)
+                    write_scenes(f"file://{data}", scenes, maps, seed=seed, mask_source=masks)
+                    if masks != "true":
+                        ious = [v for t, m in zip(truth, maps, strict=True) for v in object_ious(t, m)]
+                        (root / "data" / f"{masks}.iou.json").write_text(json.dumps(statistics.fmean(ious)))
                 if masks != "true":
-                    ious = [v for t, m in zip(truth, maps, strict=True) for v in object_ious(t, m)]
-                    (root / "data" / f"{masks}.iou.json").write_text(json.dumps(statistics.fmean(ious)))
-            if arm.masks and arm.masks != "true":
-                iou = json.loads((root / "data" / f"{arm.masks}.iou.json").read_text())
-                mask_iou.setdefault(name, []).append(iou)
+                    iou = json.loads((root / "data" / f"{masks}.iou.json").read_text())
+                    mask_iou.setdefault(name, []).append(iou)
             out = root / name
             if not (out / "export" / "metadata.json").exists():
                 start = time.perf_counter()
