@@ -265,11 +265,14 @@ def find_drawn_objects(
 
 
 _DRAWN_HUE_TOLERANCE = 25.0  # degrees: the rendering jitter (8) plus what a model's colours drift
-_DRAWN_MIN_SATURATION_VALUE = 0.7  # objects render at >= 0.85; the background at <= 0.75 saturation, ~0.45 value
+# objects render at saturation and value >= 0.85; the background at <= 0.75 saturation, ~0.45 value
+_DRAWN_MIN_SATURATION_VALUE = 0.7
 _MAX_CANDIDATES = 8  # the largest regions of an object colour that the shape matching considers
 
 
-def _find_drawn_clutter(image: np.ndarray, objects: Sequence[ObjectSpec], min_pixels: int) -> list[DrawnObject]:
+def _find_drawn_clutter(
+    image: np.ndarray, objects: Sequence[ObjectSpec], min_pixels: int
+) -> list[DrawnObject]:
     from PIL import Image
 
     hsv = np.asarray(Image.fromarray(image).convert("HSV"), dtype=np.float64) / 255.0

@@ -136,14 +136,15 @@ def test_clutter_objects_the_image_lacks_are_not_drawn() -> None:
     scene = render_clutter_scene(7, 3)
     colour = scene.objects[0].colour
     other = next(c for c in HUES if abs(HUES[c] - HUES[colour]) >= 90 and abs(HUES[c] - HUES[colour]) <= 270)
-    assert not any(f.drawn for f in find_drawn_objects(scene.image, [ObjectSpec("ring", other)], variant="clutter"))
+    assert not any(
+        f.drawn for f in find_drawn_objects(scene.image, [ObjectSpec("ring", other)], variant="clutter")
+    )
     # more objects named than drawn: the extra one finds no region
     named = [*scene.objects, *scene.objects, *scene.objects]
     found = find_drawn_objects(scene.image, named, variant="clutter")
     assert sum(f.drawn for f in found) == len(scene.objects)
     with pytest.raises(ValueError, match="unknown clutter colour"):
         find_drawn_objects(scene.image, [ObjectSpec("ring", "white")], variant="clutter")
-
 
 
 def test_clutter_scenes_are_deterministic_and_differ_from_plain() -> None:

@@ -135,6 +135,7 @@ def test_a_clutter_model_starts_from_a_plain_one_keeping_its_words(tmp_path: Pat
     plain.save_pretrained(tmp_path)
     clutter = start_from(tmp_path, "clutter")
     assert clutter.tokenizer.get_vocab() == toy_tokenizer("clutter").get_vocab()
+
     def embeddings(pipe: PixelTextToImagePipeline) -> tuple[torch.Tensor, torch.Tensor]:
         state = pipe.text_encoder.state_dict()
         return next(v for k, v in state.items() if k.endswith("token_embedding.weight")), next(
@@ -142,7 +143,9 @@ def test_a_clutter_model_starts_from_a_plain_one_keeping_its_words(tmp_path: Pat
         )
 
     (words, positions), (new_words, new_positions) = embeddings(plain), embeddings(clutter)
-    assert torch.equal(new_words[: len(words)], words) and torch.equal(new_positions[: len(positions)], positions)
+    assert torch.equal(new_words[: len(words)], words) and torch.equal(
+        new_positions[: len(positions)], positions
+    )
     assert torch.allclose(new_words[-1], words.mean(0))
     assert new_positions.shape[0] == clutter.tokenizer.model_max_length == 24
     for name, value in plain.unet.state_dict().items():

@@ -158,8 +158,6 @@ def score_masks(
 def _pair_identical(found: list[Any], labels: Any) -> list[Any]:
     """`found` with the drawn regions of identical objects (same shape and colour: the same words, so either
     may be either) permuted to agree best with the predicted `labels` (object k is label k + 1)."""
-    import itertools
-
     import numpy as np
 
     found = list(found)
@@ -167,14 +165,26 @@ def _pair_identical(found: list[Any], labels: Any) -> list[Any]:
     for k, f in enumerate(found):
         groups.setdefault((f.shape, f.colour), []).append(k)
     for members in (m for m in groups.values() if len(m) > 1):
-        def agreement(order: tuple[int, ...]) -> int:
-            return sum(int(np.logical_and(labels == k + 1, found[j].mask).sum()) for k, j in zip(members, order))  # noqa: B023
-
-        best = max(itertools.permutations(members), key=agreement)
+        overlap = {
+            (k, j): int(np.logical_and(labels == k + 1, found[j].mask).sum())
+            for k in members
+            for j in members
+        }
+        best = _best_order(members, overlap)
         regions = [found[j] for j in best]
         for k, region in zip(members, regions, strict=True):
             found[k] = region
     return found
+
+
+def _best_order(members: list[int], overlap: dict[tuple[int, int], int]) -> tuple[int, ...]:
+    """The permutation of `members` whose regions (j) overlap the objects' labels (k) most; identity on ties."""
+    import itertools
+
+    return max(
+        itertools.permutations(members),
+        key=lambda order: sum(overlap[k, j] for k, j in zip(members, order, strict=True)),
+    )
 
 
 def print_report(report: dict[str, Any], console: Any = None) -> None:
@@ -183,7 +193,9 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"ShapesBench masks — {report['model']} ({report['images']} {report['variant']} images)")
+    table = Table(
+        title=f"ShapesBench masks — {report['model']} ({report['images']} {report['variant']} images)"
+    )
     table.add_column("class")
     table.add_column("IoU", justify="right")
     table.add_column("drawn / named", justify="right")

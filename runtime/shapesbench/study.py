@@ -309,7 +309,8 @@ class Arm:
     masks: str | None  # None: useMasks false; true | shuffled | area-matched | iou-X | attention
     versus: str  # an arm, or REFERENCE
     about: str
-    generated: bool = False  # pretrains on the attention model's generated images instead of the rendered ones
+    # pretrains on the attention model's generated images instead of the rendered ones
+    generated: bool = False
 
     @property
     def scoring(self) -> Scoring:
@@ -470,7 +471,12 @@ def _generate_doc(seed: int, output: str, p: dict[str, Any]) -> dict[str, Any]:
         "spec": {
             "model": {"uri": p["attentionModel"]},
             "prompts": {"preset": {"plain": "shapes", "clutter": "shapes-clutter"}[p["variant"]]},
-            "generation": {**p["generation"], "images": p["images"], "resolution": p["imageSize"], "seed": seed},
+            "generation": {
+                **p["generation"],
+                "images": p["images"],
+                "resolution": p["imageSize"],
+                "seed": seed,
+            },
             "attention": p["attention"],
             "output": {"uri": output},
         },
@@ -676,7 +682,8 @@ def study(
                 if not (data / "manifest.json").exists():
                     start = time.perf_counter()
                     generate(parse_resource(_generate_doc(seed, f"file://{data}", p)), worker=0)
-                    log(f"seed {seed}: {p['attentionModel']} drew {p['images']} images in {time.perf_counter() - start:.0f} s")
+                    took = time.perf_counter() - start
+                    log(f"seed {seed}: {p['attentionModel']} drew {p['images']} images in {took:.0f} s")
             else:
                 masks = arm.masks or "true"  # a baseline reads the images only
                 data = root / "data" / masks

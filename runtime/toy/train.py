@@ -181,7 +181,9 @@ def start_from(init: Path, variant: str) -> PixelTextToImagePipeline:
             extra = value.mean(0, keepdim=True).expand(target[name].shape[0] - rows, -1)
             target[name] = torch.cat([value, extra])
         else:
-            raise ValueError(f"{init}: {name} has shape {tuple(value.shape)}, expected {tuple(target[name].shape)}")
+            raise ValueError(
+                f"{init}: {name} has shape {tuple(value.shape)}, expected {tuple(target[name].shape)}"
+            )
     pipe.text_encoder.load_state_dict(target)
     return pipe
 
