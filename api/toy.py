@@ -9,7 +9,7 @@ from .common import check_int_query
 
 TOY_MODELS = ("shapes", "shapes-clutter", "shapes-random")
 SHAPESBENCH_SPLITS = ("train", "val", "test")
-SHAPESBENCH_VARIANTS = ("plain", "clutter")
+SHAPESBENCH_VARIANTS = ("plain", "clutter", "crowd")
 SHAPESBENCH_PARAMS = ("variant", "images", "size")
 
 

@@ -1,6 +1,6 @@
 """ShapesBench: procedurally generated scenes of coloured shapes with exact per-object masks.
 
-Every scene is a pure function of ``(seed, index)`` and comes in one of two variants (:data:`VARIANTS`):
+Every scene is a pure function of ``(seed, index)`` and comes in one of three variants (:data:`VARIANTS`):
 
 - ``plain`` (:func:`render_scene`): a black background and one to three shapes (circle, square,
   triangle) of 9-15 px at 32 px, in pure colours that are distinct within the image. Because the
@@ -12,6 +12,9 @@ Every scene is a pure function of ``(seed, index)`` and comes in one of two vari
   that misses every object still solve instance discrimination; two to four small objects (5-10 px
   at 32 px) of six shapes share one colour, so only shape tells same-image objects apart; zero to
   two unnamed distractor blobs carry no mask.
+- ``crowd`` (:func:`render_crowd_scene`): the clutter rules at the study's GPU size (docs/study.md): four to
+  eight objects of 6-24 px at 64 px, anywhere in the image, so that an object has three to seven siblings of
+  its colour that only shape tells apart.
 
 Either way a scene has a caption naming its objects ("a red circle and a blue square") and one
 boolean mask per object; scale-dependent sizes scale with the image size.
@@ -26,7 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-VARIANTS: tuple[str, ...] = ("plain", "clutter")
+VARIANTS: tuple[str, ...] = ("plain", "clutter", "crowd")
+ONE_HUE_VARIANTS: tuple[str, ...] = ("clutter", "crowd")
+"""The variants drawn by the clutter rules: all objects of an image in one named hue (:data:`HUES`) on a textured
+background, six shapes (:data:`CLUTTER_SHAPES`), unnamed distractors."""
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 CLUTTER_SHAPES: tuple[str, ...] = (*SHAPES, "ring", "cross", "diamond")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -55,22 +61,34 @@ HUES: dict[str, float] = {
 }
 """The named hues (degrees) of clutter objects; each object colour is one of them, jittered."""
 CLUTTER_CAPTION_WORDS: tuple[str, ...] = ("a", "and", *HUES, *CLUTTER_SHAPES)
-"""Every word a clutter caption can contain."""
-MIN_CLUTTER_OBJECTS, MAX_CLUTTER_OBJECTS = 2, 4
+"""Every word a clutter or crowd caption can contain."""
 MAX_DISTRACTORS = 2
 
-# Shape side length as a share of the image size: 9-15 px at 32 px (plain), 5-10 px (clutter).
+# Shape side length as a share of the image size: 9-15 px at 32 px (plain).
 _MIN_SIDE, _MAX_SIDE = 9 / 32, 15 / 32
-_CLUTTER_MIN_SIDE, _CLUTTER_MAX_SIDE = 5 / 32, 10 / 32
 # RandomResizedCrop covers an image's corners least often, so clutter objects sit in distinct corners, at
 # most 2/32 of the side (plus 1 px) from both borders. Spread over the image, 2-4 objects of 5-10 px leave
 # only ~8% of SimCLR's crops without an object (20% of view pairs without a common one); grouped in one
 # corner, ~11% (22%); in distinct corners, >= 15% (>= 40%) as `freeatm shapesbench check` requires.
 _CORNER_JITTER = 2 / 32
 _PLACEMENT_TRIES = 50
-# a clutter scene draws from its own stream, unrelated to the plain scene of (seed, index)
-_CLUTTER_STREAM = 1
 _HUE_JITTER = 8.0  # degrees around the named hue
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a one-hue variant places its named objects."""
+
+    objects: tuple[int, int]  # fewest and most named objects
+    sides: tuple[float, float]  # shape side as a share of the image size
+    corners: bool  # each object in its own corner (at most four), or anywhere
+    stream: int  # each variant draws from its own stream, unrelated to the plain scene of (seed, index)
+
+
+_LAYOUTS: dict[str, _Layout] = {
+    "clutter": _Layout((2, 4), (5 / 32, 10 / 32), corners=True, stream=1),
+    "crowd": _Layout((4, 8), (6 / 64, 24 / 64), corners=False, stream=2),
+}
 
 
 @dataclass(frozen=True)
@@ -147,12 +165,18 @@ def shapes_of(variant: str) -> tuple[str, ...]:
     """The shape classes of a ShapesBench variant; raises ``ValueError`` for an unknown variant."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown ShapesBench variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    return CLUTTER_SHAPES if variant == "clutter" else SHAPES
+    return CLUTTER_SHAPES if variant in ONE_HUE_VARIANTS else SHAPES
+
+
+def max_objects(variant: str) -> int:
+    """The most named objects a scene of `variant` has."""
+    shapes_of(variant)
+    return _LAYOUTS[variant].objects[1] if variant in ONE_HUE_VARIANTS else MAX_OBJECTS
 
 
 def parse_caption(caption: str, variant: str = "plain") -> list[ObjectSpec]:
     """The objects a ShapesBench caption of `variant` names, in order; raises ``ValueError`` for other text."""
-    names = HUES if variant == "clutter" else COLOURS
+    names = HUES if variant in ONE_HUE_VARIANTS else COLOURS
     colours, shapes = "|".join(names), "|".join(shapes_of(variant))
     part = rf"a ({colours}) ({shapes})"
     text = " ".join(caption.lower().split())
@@ -187,15 +211,27 @@ def render_scene(seed: int, index: int, size: int = 32) -> Scene:
 def render(seed: int, index: int, size: int = 32, variant: str = "plain") -> Scene:
     """Scene ``index`` of the stream ``seed`` in `variant` (:data:`VARIANTS`) at ``size`` x ``size`` pixels."""
     shapes_of(variant)
-    return (render_clutter_scene if variant == "clutter" else render_scene)(seed, index, size)
+    return (
+        render_scene(seed, index, size) if variant == "plain" else _render_one_hue(seed, index, size, variant)
+    )
 
 
 def render_clutter_scene(seed: int, index: int, size: int = 32) -> Scene:
     """Render clutter scene ``index`` of the stream identified by ``seed`` at ``size`` x ``size`` pixels."""
+    return _render_one_hue(seed, index, size, "clutter")
+
+
+def render_crowd_scene(seed: int, index: int, size: int = 64) -> Scene:
+    """Render crowd scene ``index`` of the stream identified by ``seed`` at ``size`` x ``size`` pixels."""
+    return _render_one_hue(seed, index, size, "crowd")
+
+
+def _render_one_hue(seed: int, index: int, size: int, variant: str) -> Scene:
     if size < 16:
         raise ValueError(f"size must be at least 16 px, got {size}")
-    rng = np.random.default_rng([seed, index, _CLUTTER_STREAM])
-    count = int(rng.integers(MIN_CLUTTER_OBJECTS, MAX_CLUTTER_OBJECTS + 1))
+    layout = _LAYOUTS[variant]
+    rng = np.random.default_rng([seed, index, layout.stream])
+    count = int(rng.integers(layout.objects[0], layout.objects[1] + 1))
     blobs = int(rng.integers(0, MAX_DISTRACTORS + 1))
     colour = list(HUES)[int(rng.integers(len(HUES)))]
     hue = (HUES[colour] + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) / 360.0
@@ -203,8 +239,10 @@ def render_clutter_scene(seed: int, index: int, size: int = 32) -> Scene:
     shapes = rng.integers(0, len(CLUTTER_SHAPES), size=count)
     # The background's hue is at least 90 degrees from the objects', so they stay visible on it.
     image = _textured_background(rng, size, (hue + rng.uniform(0.25, 0.75)) % 1.0)
-    lo, hi = round(_CLUTTER_MIN_SIDE * size), round(_CLUTTER_MAX_SIDE * size)
-    boxes = _corner_boxes(rng, count, size, lo, hi)
+    lo, hi = (round(share * size) for share in layout.sides)
+    boxes = (
+        _corner_boxes(rng, count, size, lo, hi) if layout.corners else _place_boxes(rng, count, size, lo, hi)
+    )
     boxes += _place_boxes(rng, blobs, size, lo, hi, taken=boxes)
     objects = []
     for shape_idx, box in zip(shapes, boxes[:count], strict=True):
@@ -217,7 +255,7 @@ def render_clutter_scene(seed: int, index: int, size: int = 32) -> Scene:
         mask = _blob(rng, box, size)
         image[mask] = _hsv_to_rgb(np.array(rng.uniform()), np.array(rng.uniform(0.6, 1.0)), np.array(0.9))
         distractors.append(mask)
-    return Scene(image, caption_for(objects), objects, seed, index, "clutter", tuple(distractors))
+    return Scene(image, caption_for(objects), objects, seed, index, variant, tuple(distractors))
 
 
 def find_drawn_objects(
@@ -246,10 +284,10 @@ def find_drawn_objects(
         raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}")
     shapes_of(variant)
     if min_pixels is None:
-        low = _CLUTTER_MIN_SIDE if variant == "clutter" else _MIN_SIDE
+        low = _LAYOUTS[variant].sides[0] if variant in ONE_HUE_VARIANTS else _MIN_SIDE
         side = round(low * min(image.shape[:2]))
         min_pixels = max(1, side * side // 6)
-    if variant == "clutter":
+    if variant in ONE_HUE_VARIANTS:
         return _find_drawn_clutter(image, objects, min_pixels)
     palette = np.array([BACKGROUND, *COLOURS.values()], dtype=np.float64)
     distance = np.linalg.norm(image.astype(np.float64)[:, :, None, :] - palette[None, None], axis=-1)

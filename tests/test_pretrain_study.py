@@ -13,6 +13,7 @@ import pytest
 from freeatm.runtime.shapes import CLUTTER_SHAPES, render
 from freeatm.runtime.shapesbench.study import (
     ARMS,
+    GPU_PROTOCOL,
     area_matched_map,
     attention_unavailable,
     degrade_mask,
@@ -22,6 +23,7 @@ from freeatm.runtime.shapesbench.study import (
     paired,
     resolve_arms,
     shuffled_maps,
+    study,
     t975,
     write_random_dual_encoder,
     write_shapes_dataset,
@@ -168,6 +170,22 @@ def test_bad_options_are_refused_without_a_traceback(capsys: pytest.CaptureFixtu
     assert "unknown arm" in capsys.readouterr().err
 
 
+def test_the_gpu_form_needs_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--protocol", "gpu", "--seeds", "1"]) == 2
+    assert "trains on 1 GPU, and this machine has no CUDA device" in capsys.readouterr().err
+
+
+def test_the_vlp_arms_refuse_captions_longer_than_their_text_tower(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="text tower reads 24 tokens; crowd captions take up to 33"):
+        study(tmp_path, {"variant": "crowd", "arms": "vlp-true-masks"})
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
 @pytest.mark.slow
 def test_the_whole_study_runs_at_a_tiny_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
@@ -200,6 +218,36 @@ def test_the_whole_study_runs_at_a_tiny_size(tmp_path: Path, capsys: pytest.Capt
     assert code == (0 if summary["passed"] else 1)
     assert "ShapesBench study" in out and "supervised (ceiling)" in out
     assert "gate baseline-beats-random-init" in out
+
+
+@pytest.mark.slow
+def test_the_gpu_form_runs_at_a_tiny_size_on_the_cpu(tmp_path: Path) -> None:
+    """The GPU protocol's machinery (crowd scenes at 64 px, detection among the object-centric scores) with the
+    CPU's device settings and a tiny size."""
+    import torch
+
+    torch.set_num_threads(1)
+    tiny = {
+        "seeds": 2,
+        "images": 16,
+        "epochs": 1,
+        "valImages": 16,
+        "batchSize": 8,
+        "backbone": "vit_test_patch4",
+    }
+    cpu = {"gpus": 0, "precision": "fp32", "loaderWorkers": 0}
+    result = study(
+        tmp_path, GPU_PROTOCOL | tiny | cpu | {"arms": "true-masks,attention-masks"}, log=lambda _: None
+    )
+    arms = result["arms"]
+    assert arms["attention-masks"]["status"] == (
+        "unavailable: toy://shapes-clutter was trained on the clutter ShapesBench scenes; it cannot draw the crowd ones"
+    )
+    entry = arms["true-masks"]
+    assert entry["status"] == "ok" and "detection/map" in entry["secondary"]
+    assert 0.0 <= entry["mean"]["detection/map"] <= 1.0
+    manifest = json.loads((tmp_path / "seed-0" / "data" / "true" / "manifest.json").read_text())
+    assert manifest["resolution"] == 64 and manifest["generator"]["variant"] == "crowd"
 
 
 @pytest.mark.slow

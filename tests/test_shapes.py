@@ -1,4 +1,4 @@
-"""ShapesBench scenes (plain and clutter): deterministic, masks that match the pixels, drawn-object recovery, and
+"""ShapesBench scenes (plain, clutter and crowd): deterministic, masks that match the pixels, drawn-object recovery, and
 the clutter variant's mechanism check."""
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from freeatm.runtime.shapes import (
     ObjectSpec,
     caption_for,
     find_drawn_objects,
+    max_objects,
     parse_caption,
     render,
     render_clutter_scene,
+    render_crowd_scene,
     render_scene,
     shapes_of,
 )
@@ -196,6 +198,29 @@ def test_clutter_counts_shapes_and_captions() -> None:
     with pytest.raises(ValueError):
         parse_caption("a red ring")  # not a plain ShapesBench caption
     assert shapes_of("plain") == SHAPES
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_crowd_scenes_follow_the_clutter_rules_with_more_objects(size: int) -> None:
+    sides, counts = [], set()
+    for index in range(150):
+        scene = render_crowd_scene(0, index, size=size)
+        assert scene.variant == "crowd" and scene.image.shape == (size, size, 3)
+        assert 4 <= len(scene.objects) <= 8 and 0 <= len(scene.distractors) <= 2
+        counts.add(len(scene.objects))
+        assert len({obj.colour for obj in scene.objects}) == 1
+        covered = np.zeros((size, size), dtype=bool)
+        for mask in [o.mask for o in scene.objects] + list(scene.distractors):
+            assert mask.any() and not (covered & mask).any()
+            covered |= mask
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            sides.append(max(x1 - x0, y1 - y0) * 64 / size)
+        assert parse_caption(scene.caption, "crowd") == [ObjectSpec(o.shape, o.colour) for o in scene.objects]
+    assert counts == {4, 5, 6, 7, 8} == set(range(4, max_objects("crowd") + 1))
+    assert min(sides) >= 5 and max(sides) <= 24.5  # 6-24 px at 64 px, scaled with the size
+    assert render(0, 3, size, "crowd").caption == render_crowd_scene(0, 3, size).caption
+    assert shapes_of("crowd") == CLUTTER_SHAPES and max_objects("clutter") == 4 and max_objects("plain") == 3
 
 
 def test_mechanism_check_holds_on_clutter_and_fails_on_plain() -> None:
