@@ -26,6 +26,7 @@ from freeatm.runtime.shapes import (
     render_clutter_scene,
     render_crowd_scene,
     render_scene,
+    render_stream,
     shapes_of,
 )
 from freeatm.runtime.shapesbench.check import MIN_PAIR_DISJOINT, MIN_VIEW_MISS, main, mechanism_check
@@ -221,6 +222,21 @@ def test_crowd_scenes_follow_the_clutter_rules_with_more_objects(size: int) -> N
     assert min(sides) >= 5 and max(sides) <= 24.5  # 6-24 px at 64 px, scaled with the size
     assert render(0, 3, size, "crowd").caption == render_crowd_scene(0, 3, size).caption
     assert shapes_of("crowd") == CLUTTER_SHAPES and max_objects("clutter") == 4 and max_objects("plain") == 3
+
+
+def test_a_long_stream_renders_over_processes_into_the_same_scenes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from freeatm.runtime import shapes
+
+    monkeypatch.setattr(shapes, "_SCENES_PER_PROCESS", 8)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    scenes = render_stream(5, 24, 64, "crowd")  # two processes
+    assert [s.index for s in scenes] == list(range(24))
+    for scene in scenes:
+        alone = render(5, scene.index, 64, "crowd")
+        assert scene.caption == alone.caption and (scene.image == alone.image).all()
+        assert (scene.label_map() == alone.label_map()).all()
 
 
 def test_mechanism_check_holds_on_clutter_and_fails_on_plain() -> None:

@@ -550,9 +550,9 @@ def _shapes(uri: str, split: str, task: Task) -> Split:
     seed = SHAPES_SEEDS[split]
     names = list(shapes.shapes_of(variant))
     classes = names if task in ("classification", "detection", "objects") else ["background", *names]
-    samples = []
-    for index in range(count):
-        samples.append(_shapes_sample(shapes.render(seed, index, size, variant), names, task))
+    samples = [
+        _shapes_sample(scene, names, task) for scene in shapes.render_stream(seed, count, size, variant)
+    ]
     # `where` tells scenes apart in the feature cache: the sample ids are the same in every variant and size.
     where = f"toy://shapesbench/{split}"
     if variant != "plain" or size != SHAPES_DEFAULT_SIZE:

@@ -62,7 +62,7 @@ from ..dataset_format import (
     shard_name,
     write_shard,
 )
-from ..shapes import COLOURS, Scene, max_objects, render, shapes_of
+from ..shapes import COLOURS, Scene, max_objects, render_stream, shapes_of
 from ..storage import open_store
 
 
@@ -82,7 +82,7 @@ def write_shapes_dataset(
 
     `masks=False` writes a dataset without masks (hasMasks false); `manifest=False` leaves the manifest out
     (an unfinished dataset)."""
-    scenes = [render(seed, index, size, variant) for index in range(images)]
+    scenes = render_stream(seed, images, size, variant)
     return write_scenes(uri, scenes, None, seed=seed, shard_size=shard_size, masks=masks, manifest=manifest)
 
 
@@ -690,7 +690,7 @@ def study(
         ceiling_dir = workdir / CEILING
         if not (ceiling_dir / "export" / "metadata.json").exists():
             start = time.perf_counter()
-            scenes = [render(seeds[0], i, p["imageSize"], p["variant"]) for i in range(p["images"])]
+            scenes = render_stream(seeds[0], p["images"], p["imageSize"], p["variant"])
             train_probe_ceiling(scenes, p, f"file://{ceiling_dir}")
             log(f"probe ceiling: supervised on the shapes in {time.perf_counter() - start:.0f} s")
         scored = _evaluate(
@@ -717,7 +717,7 @@ def study(
     seconds: dict[str, list[float]] = {}
     for seed in seeds:
         root = workdir / f"seed-{seed}"
-        scenes = [render(seed, i, p["imageSize"], p["variant"]) for i in range(p["images"])]
+        scenes = render_stream(seed, p["images"], p["imageSize"], p["variant"])
         truth = [s.label_map() for s in scenes]
         outputs: dict[str, dict[str, str]] = {s.name: {} for s in scorings}
         for name in runnable:
