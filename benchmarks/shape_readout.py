@@ -10,8 +10,9 @@ baselines), with 95% intervals; random init and the supervised ceiling are the r
 
     python benchmarks/shape_readout.py /work/study/work                # every object-centric arm it finds
     python benchmarks/shape_readout.py /work/study/work --arms baseline,true-masks --seeds 0 1
+    python benchmarks/shape_readout.py /data/study-gpu --protocol gpu
 
-A minute per five checkpoints on 2 cores (the features are one pass over 2 × 1,024 images of 32 px).
+Under the CPU protocol, a minute per five checkpoints on 2 cores (one pass over 2 × 1,024 images of 32 px).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from freeatm.api import parse_resource
+from freeatm.api.eval_job import Benchmark
 from freeatm.runtime.evaluate.classification import train_linear
 from freeatm.runtime.evaluate.common import Settings, load_checkpoint, object_features
+from freeatm.runtime.evaluate.datasets import Split
 from freeatm.runtime.evaluate.job import open_benchmark, settings_for
 from freeatm.runtime.evaluate.scores import topk_accuracy
 from freeatm.runtime.shapesbench import study
@@ -62,30 +65,32 @@ class _Standardise(nn.Module):
         return (x - self.mean) / self.std
 
 
-def readout(uri: str, p: dict) -> dict[str, float]:
-    """{"linear": top-1, "mlp": top-1} of the object probe on the checkpoint at `uri` under protocol `p`."""
+def object_probe(p: dict) -> Benchmark:
+    """The study's object-probe benchmark under protocol `p`, with the EvalJob's defaults."""
     doc = {
         "apiVersion": "freeatm.io/v1alpha1",
         "kind": "EvalJob",
         "metadata": {"name": "shape-readout"},
         "spec": {
-            "checkpoints": [{"uri": uri, "label": "checkpoint"}],
+            "checkpoints": [{"uri": study._random_uri(p), "label": "checkpoint"}],
             "benchmarks": [
                 {"name": "object-probe", "dataset": {"format": "shapes", "uri": study._val_uri(p)}}
             ],
             "output": {"uri": "file:///dev/null"},
         },
     }
-    bench = parse_resource(doc).spec.benchmarks[0]
+    return parse_resource(doc).spec.benchmarks[0]
+
+
+def readout(uri: str, bench: Benchmark, train: Split, val: Split) -> dict[str, float]:
+    """{"linear": top-1, "mlp": top-1} of `bench` on the checkpoint at `uri` (`train`, `val`: its splits)."""
     ckpt = load_checkpoint("checkpoint", uri)
     settings = settings_for(bench, ckpt)
-    train, val = open_benchmark(bench)
     train_x, train_y = object_features(ckpt, train, settings)
     val_x, val_y = object_features(ckpt, val, settings)
-    classes = len(train.classes)
     scores = {}
     for name, fit in (("linear", train_linear), ("mlp", train_mlp)):
-        probe = fit(train_x, train_y, classes, settings)
+        probe = fit(train_x, train_y, len(train.classes), settings)
         with torch.no_grad():
             scores[name] = topk_accuracy(probe(val_x), val_y, 1)
     return scores
@@ -102,11 +107,14 @@ def _diff(entry: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdir", type=Path, help="a `freeatm shapesbench study` workdir (CPU protocol)")
+    parser.add_argument("workdir", type=Path, help="a `freeatm shapesbench study` workdir")
+    parser.add_argument(
+        "--protocol", choices=study.PROTOCOLS, default="cpu", help="the protocol the workdir was run with"
+    )
     parser.add_argument("--arms", default="all", help="arms or arm sets, as the study's --arms")
     parser.add_argument("--seeds", type=int, nargs="*", help="seeds to score (default: every seed-N found)")
     args = parser.parse_args()
-    p = study.PROTOCOL
+    p = study.PROTOCOLS[args.protocol]
     seeds = args.seeds or sorted(int(d.name[5:]) for d in args.workdir.glob("seed-*"))
     arms = [
         a
@@ -118,8 +126,13 @@ def main() -> None:
         study.REFERENCE: study._random_uri(p),
         study.CEILING: f"file://{args.workdir / study.CEILING}",
     }
-    reference = {name: readout(uri, p) for name, uri in references.items()}
-    scores = {s: {a: readout(f"file://{args.workdir / f'seed-{s}' / a}", p) for a in arms} for s in seeds}
+    bench = object_probe(p)
+    train, val = open_benchmark(bench)
+    reference = {name: readout(uri, bench, train, val) for name, uri in references.items()}
+    scores = {
+        s: {a: readout(f"file://{args.workdir / f'seed-{s}' / a}", bench, train, val) for a in arms}
+        for s in seeds
+    }
     result: dict[str, dict] = {name: {"mean": r} for name, r in reference.items()}
     table = Table("arm", "vs", "linear", "MLP", "linear diff (points)", "MLP diff (points)",
                   title=f"object probe, {len(seeds)} seeds")  # fmt: skip
