@@ -33,7 +33,7 @@ MIN_GRID = 4
 
 # Which Free-ATM fix belongs to which framework (docs/architecture.md#the-method).
 FIXES: dict[str, tuple[str, ...]] = {
-    "contrastive": ("mask_aware_crop", "object_contrast"),
+    "contrastive": ("mask_aware_crop", "object_contrast", "silhouette"),
     "mim": ("guided_masking", "object_weighted_loss"),
     "vlp": ("region_phrase_alignment",),
 }
@@ -41,6 +41,7 @@ FIXES: dict[str, tuple[str, ...]] = {
 DEFAULT_ON = {"mask_aware_crop", "object_contrast", "guided_masking", "region_phrase_alignment"}
 TEXT_TOKENIZER_SCHEMES = ("toy", "file", "pvc")
 PHRASE_TEMPERATURE, PHRASE_LOSS_WEIGHT = 0.07, 1.0  # regionPhraseAlignment's defaults
+SILHOUETTE_LOSS_WEIGHT = 1.0  # silhouette's default
 SHAPESBENCH_TOKENIZER = "toy://shapesbench"  # the text tower's built-in tokenizer (runtime/dual_encoder.py)
 
 
@@ -123,6 +124,10 @@ class Method(Model):
     """contrastive: sample both crops so that they keep a share of the same object (default on with useMasks)."""
     object_contrast: bool | None = None
     """contrastive: add the DetCon-style object-level term over mask-pooled features (default on with useMasks)."""
+    silhouette: bool | None = None
+    """contrastive: add a silhouette term: from each object's mask-pooled feature, a linear head predicts the
+    object's mask inside its bounding box (8×8, binary cross-entropy), so the pooled feature must hold the shape
+    (default off)."""
     guided_masking: bool | None = None
     """mim: sample masked patches weighted by the object masks, same ratio (default on with useMasks)."""
     object_weighted_loss: bool | None = None
@@ -133,6 +138,9 @@ class Method(Model):
     image_text_loss: bool | None = None
     """vlp: train with the global image–caption InfoNCE loss (at `temperature`); false trains the region–phrase
     term alone (default true)."""
+    image_loss: bool | None = None
+    """contrastive: train with the image-level SimCLR term (at `temperature`); false trains the mask-guided terms
+    alone: objectContrast (DetCon's form) and/or silhouette (default true)."""
     temperature: float = Field(default=0.2, gt=0.0, le=10.0)
     """contrastive: softmax temperature of the image-level (SimCLR) loss; vlp: of the global image–caption
     loss."""
@@ -141,6 +149,8 @@ class Method(Model):
     object_loss_weight: float = Field(default=1.0, ge=0.0, le=100.0)
     """objectContrast: weight of the object-level term added to the image-level loss (DetCon trains on the
     object term alone, weight 1)."""
+    silhouette_loss_weight: float | None = Field(default=None, ge=0.0, le=100.0)
+    """silhouette: weight of the silhouette term added to the other terms (default 1)."""
     min_object_share: float = Field(default=0.3, gt=0.0, le=1.0)
     """maskAwareCrop: share of the chosen object's pixels each crop must keep. Crop size and aspect are the
     baseline's; only the position is chosen (among those that keep the share), and a crop for which no position
@@ -169,16 +179,37 @@ class Method(Model):
                     raise ValueError(
                         f"{name}: true needs useMasks: true (useMasks: false is the plain baseline)"
                     )
-        for field in ("image_text_loss", "phrase_temperature", "phrase_loss_weight"):
-            if getattr(self, field) is not None and self.framework != "vlp":
+        for field, framework in (
+            ("image_loss", "contrastive"),
+            ("silhouette_loss_weight", "contrastive"),
+            ("image_text_loss", "vlp"),
+            ("phrase_temperature", "vlp"),
+            ("phrase_loss_weight", "vlp"),
+        ):
+            if getattr(self, field) is not None and self.framework != framework:
                 name = Method.model_fields[field].alias
-                raise ValueError(f"{name} belongs to framework vlp, not {self.framework}")
+                raise ValueError(f"{name} belongs to framework {framework}, not {self.framework}")
+        if self.framework == "contrastive" and not self.image_level():
+            fixes = self.fixes()
+            if not (fixes["objectContrast"] or fixes["silhouette"]):
+                raise ValueError(
+                    "framework contrastive with imageLoss: false needs objectContrast or silhouette (and "
+                    "useMasks): otherwise nothing is trained"
+                )
         if self.framework == "vlp" and not self.image_text() and not self.fixes()["regionPhraseAlignment"]:
             raise ValueError(
                 "framework vlp with imageTextLoss: false needs regionPhraseAlignment (and useMasks): "
                 "otherwise nothing is trained"
             )
         return self
+
+    def image_level(self) -> bool:
+        """contrastive: whether the image-level SimCLR term is on (imageLoss, default true)."""
+        return self.image_loss is not False
+
+    def silhouette_weight(self) -> float:
+        """silhouette's loss weight, the default filled in."""
+        return SILHOUETTE_LOSS_WEIGHT if self.silhouette_loss_weight is None else self.silhouette_loss_weight
 
     def image_text(self) -> bool:
         """vlp: whether the global image–caption term is on (imageTextLoss, default true)."""

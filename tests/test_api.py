@@ -176,6 +176,22 @@ def test_dependencies_include_implicit_refs() -> None:
             "nothing is trained",
         ),
         (MPJ, "method", {"imageTextLoss": False}, "spec.method", "belongs to framework vlp"),
+        (
+            MPJ,
+            "method",
+            {"framework": "vlp", "imageLoss": False},
+            "spec.method",
+            "belongs to framework contrastive",
+        ),
+        (MPJ, "method", {"imageLoss": False, "objectContrast": False}, "spec.method", "nothing is trained"),
+        (MPJ, "method", {"useMasks": False, "silhouette": True}, "spec.method", "needs useMasks"),
+        (
+            MPJ,
+            "method",
+            {"framework": "vlp", "silhouetteLossWeight": 2},
+            "spec.method",
+            "framework contrastive",
+        ),
         (MPJ, "method", {"phraseTemperature": 0.1}, "spec.method", "belongs to framework vlp"),
         (MPJ, "textTower", {"width": 64}, "spec", "only used by framework vlp"),
         (MPJ, "distributed", {"nodes": 3, "gpusPerNode": 2}, "spec", "does not split over 6"),
@@ -211,8 +227,8 @@ def test_name_must_be_a_short_dns_label() -> None:
 def test_method_switches_follow_use_masks() -> None:
     on = parse_resource(MPJ).spec.method.fixes()
     off = parse_resource(with_spec(MPJ, "method", {"useMasks": False})).spec.method.fixes()
-    assert on == {"maskAwareCrop": True, "objectContrast": True}
-    assert off == {"maskAwareCrop": False, "objectContrast": False}
+    assert on == {"maskAwareCrop": True, "objectContrast": True, "silhouette": False}
+    assert off == {"maskAwareCrop": False, "objectContrast": False, "silhouette": False}
     mim = with_spec(
         with_spec(MPJ, "method", {"framework": "mim", "objectWeightedLoss": True}), "backbone", "vit_tiny"
     )

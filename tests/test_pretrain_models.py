@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from freeatm.runtime.backbones import create_backbone
-from freeatm.runtime.pretrain.contrastive import ContrastiveModel, mask_pool, nt_xent
+from freeatm.runtime.pretrain.contrastive import ContrastiveModel, mask_pool, nt_xent, silhouettes
 from freeatm.runtime.pretrain.mim import MAEModel, patch_coverage, patchify, sample_mask
 
 torch.set_num_threads(1)
@@ -94,6 +94,54 @@ def test_object_term_without_objects_is_zero_but_differentiable() -> None:
     loss, parts = model(batch)
     assert parts["objectLoss"] == 0.0
     loss.backward()
+
+
+def test_silhouettes_are_each_mask_inside_its_own_box() -> None:
+    labels = torch.zeros(1, 32, 32, dtype=torch.uint8)
+    labels[0, 4:12, 4:20] = 1  # a filled 8×16 box
+    labels[0, 20:28, 20:28] = 2  # an L: an 8×8 box without its lower right quarter
+    labels[0, 24:28, 24:28] = 0
+    labels[0, 30, 30] = 3  # not seen: no target
+    targets = silhouettes(labels, torch.tensor([[True, True, False]]), size=2).view(2, 2, 2)
+    assert targets[0].tolist() == [[1.0, 1.0], [1.0, 1.0]]  # the box is the object's own, whatever its size
+    assert targets[1].tolist() == [[1.0, 1.0], [1.0, 0.0]]
+
+
+def test_silhouette_term_alone_trains_the_backbone_through_the_pooled_features() -> None:
+    batch = _pair()
+    torch.manual_seed(0)
+    model = ContrastiveModel(create_backbone("vit_tiny_patch8", 32), image_loss=False, silhouette=True)
+    assert model.projector is None  # nothing would train it
+    loss, parts = model(batch)
+    assert set(parts) == {"silhouetteLoss"} and float(loss.detach()) == pytest.approx(parts["silhouetteLoss"])
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert any(float(p.grad.abs().sum()) > 0 for p in model.backbone.parameters())
+
+
+def test_all_terms_add_with_their_weights() -> None:
+    batch = _pair()
+    torch.manual_seed(0)
+    model = ContrastiveModel(
+        create_backbone("vit_tiny_patch8", 32),
+        object_contrast=True,
+        silhouette=True,
+        silhouette_loss_weight=0.5,
+    )
+    loss, parts = model(batch)
+    assert float(loss.detach()) == pytest.approx(
+        parts["imageLoss"] + parts["objectLoss"] + 0.5 * parts["silhouetteLoss"], rel=1e-5
+    )
+
+
+def test_silhouette_term_without_objects_is_zero_but_differentiable() -> None:
+    batch = _pair()
+    batch["mask1"], batch["mask2"] = torch.zeros_like(batch["mask1"]), torch.zeros_like(batch["mask2"])
+    model = ContrastiveModel(create_backbone("vit_tiny_patch8", 32), image_loss=False, silhouette=True)
+    loss, parts = model(batch)
+    assert parts["silhouetteLoss"] == 0.0
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_guided_masking_masks_objects_first_at_the_same_ratio() -> None:

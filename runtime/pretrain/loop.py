@@ -210,9 +210,12 @@ class Trainer:
             self.model: nn.Module = ContrastiveModel(
                 self.backbone,
                 temperature=self.method.temperature,
-                object_contrast=self.fixes.get("objectContrast", False),
+                image_loss=self.method.image_level(),
+                object_contrast=self.fixes["objectContrast"],
                 object_temperature=self.method.object_temperature,
                 object_loss_weight=self.method.object_loss_weight,
+                silhouette=self.fixes["silhouette"],
+                silhouette_loss_weight=self.method.silhouette_weight(),
             )
         elif vlp:
             phrase_temperature, phrase_loss_weight = self.method.phrase_term()

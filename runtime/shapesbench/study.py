@@ -16,6 +16,11 @@ arms differ only in the masks they are given:
   seed's captions, with the masks of its cross-attention (a SyntheticDataset through the generation runtime),
   paired with ``baseline-generated``, SimCLR on the same generated images — reported as unavailable when no such
   model is installed, never run on other data;
+- ``silhouette``: the silhouette term alone (``imageLoss: false``, no object term) with mask-aware crops, on the
+  true masks; ``silhouette-shuffled`` and ``silhouette-area-matched`` on the control arms' masks (its negative
+  controls); ``silhouette-simclr``: SimCLR with the silhouette term beside it at its default weight;
+  ``silhouette-attention``: the term alone on the generated images' attention masks, paired with
+  ``baseline-generated``;
 - ``mae-uniform`` and ``mae-guided``: MAE with uniform masking vs attention-guided masking with hints;
 - ``vlp-baseline`` (image–caption InfoNCE only), ``vlp-true-masks`` (plus the region–phrase term on the true
   masks: the positive control), ``vlp-shuffled-masks`` (on another image's masks: a negative control) and
@@ -31,8 +36,8 @@ those that read a text tower: ``grounding`` (the primary metric, mean IoU: what 
 (the baseline of its framework; ``mae-uniform`` for ``mae-guided``; random init for the baselines) as mean and
 95% confidence interval over seeds (t distribution) with how many seeds went each way, checks its validity
 gates (about the contrastive baseline, so only when an object-centric arm runs) and prints a JSON object last.
-The protocol (:data:`PROTOCOL`, ``docs/study.md``) was fixed before any attention-mask arm was run, and its VLP
-part before any VLP arm was.
+The protocol (:data:`PROTOCOL`, ``docs/study.md``) was fixed before any attention-mask arm was run, its VLP
+part before any VLP arm was, and the silhouette arms before any of them ran through the product.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -307,12 +312,16 @@ class Arm:
     about: str
     # pretrains on the attention model's generated images instead of the rendered ones
     generated: bool = False
+    # spec.method fields beyond framework and useMasks (the method's defaults otherwise)
+    method: dict[str, Any] = field(default_factory=dict)
 
     @property
     def scoring(self) -> Scoring:
         return SCORING[self.framework]
 
 
+# the silhouette term trained alone, with mask-aware crops (docs/study.md, "The silhouette arms")
+SILHOUETTE_ALONE = {"imageLoss": False, "objectContrast": False, "silhouette": True}
 ARMS: dict[str, Arm] = {
     a.name: a
     for a in (
@@ -325,6 +334,11 @@ ARMS: dict[str, Arm] = {
         Arm("iou-0.5", "contrastive", "iou-0.5", "baseline", "true masks degraded to IoU 0.5"),
         Arm("baseline-generated", "contrastive", None, REFERENCE, "SimCLR on the toy model's images, no masks", True),
         Arm("attention-masks", "contrastive", "attention", "baseline-generated", "the toy model's images and cross-attention masks", True),
+        Arm("silhouette", "contrastive", "true", "baseline", "the silhouette term alone, true masks", method=SILHOUETTE_ALONE),
+        Arm("silhouette-shuffled", "contrastive", "shuffled", "baseline", "the silhouette term alone, another image's masks: negative control", method=SILHOUETTE_ALONE),
+        Arm("silhouette-area-matched", "contrastive", "area-matched", "baseline", "the silhouette term alone, random boxes of the objects' areas: negative control", method=SILHOUETTE_ALONE),
+        Arm("silhouette-simclr", "contrastive", "true", "baseline", "SimCLR + the silhouette term (weight 1), true masks", method={"objectContrast": False, "silhouette": True}),
+        Arm("silhouette-attention", "contrastive", "attention", "baseline-generated", "the silhouette term alone on the toy model's images and cross-attention masks", True, SILHOUETTE_ALONE),
         Arm("mae-uniform", "mim", None, REFERENCE, "MAE, uniform masking"),
         Arm("mae-guided", "mim", "true", "mae-uniform", "MAE, guided masking with hints, true masks"),
         Arm("vlp-baseline", "vlp", None, REFERENCE, "image–caption InfoNCE only, no masks"),
@@ -337,6 +351,13 @@ ARMS: dict[str, Arm] = {
 ARM_SETS: dict[str, tuple[str, ...]] = {
     "core": ("baseline", "true-masks", "shuffled-masks", "area-matched", "attention-masks"),
     "dose": ("baseline", "iou-0.9", "iou-0.7", "iou-0.5"),
+    "silhouette": (
+        "silhouette",
+        "silhouette-shuffled",
+        "silhouette-area-matched",
+        "silhouette-simclr",
+        "silhouette-attention",
+    ),
     "mae": ("mae-uniform", "mae-guided"),
     "vlp": ("vlp-baseline", "vlp-true-masks", "vlp-shuffled-masks", "vlp-attention-masks"),
 }
@@ -505,7 +526,7 @@ def _generate_doc(seed: int, output: str, p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pretrain_doc(arm: Arm, seed: int, dataset: str, output: str, p: dict[str, Any]) -> dict[str, Any]:
-    method: dict[str, Any] = {"framework": arm.framework, "useMasks": arm.masks is not None}
+    method: dict[str, Any] = {"framework": arm.framework, "useMasks": arm.masks is not None, **arm.method}
     extra: dict[str, Any] = {}
     if arm.framework == "vlp":
         method["temperature"] = p["vlpTemperature"]
@@ -594,7 +615,7 @@ def _arm_maps(masks: str, truth: list[np.ndarray], seed: int) -> list[np.ndarray
 
 
 def resolve_arms(spec: str) -> list[str]:
-    """Arm names from a comma list of arms and arm sets (core, dose, mae, vlp, all), in ARMS order, with the arms
+    """Arm names from a comma list of arms and arm sets (core, dose, silhouette, mae, vlp, all), in ARMS order, with the arms
     they are compared against (and the contrastive baseline, which the gates are about, whenever an arm scored on
     the object-centric metrics runs); ValueError names what is unknown."""
     wanted: set[str] = set()
