@@ -12,8 +12,10 @@ import pytest
 
 from freeatm.runtime.shapes import CLUTTER_SHAPES, render
 from freeatm.runtime.shapesbench.study import (
+    ARM_SETS,
     ARMS,
     GPU_PROTOCOL,
+    PROTOCOL,
     area_matched_map,
     attention_unavailable,
     degrade_mask,
@@ -99,6 +101,7 @@ def test_arms_resolve_with_what_they_are_compared_against() -> None:
     ]
     with pytest.raises(ValueError, match="unknown arm 'nope'"):
         resolve_arms("core,nope")
+    assert not set(ARMS) & set(ARM_SETS)  # a name in --arms means one thing
 
 
 def test_vlp_arms_resolve_without_the_contrastive_baseline() -> None:
@@ -117,6 +120,29 @@ def test_vlp_arms_resolve_without_the_contrastive_baseline() -> None:
         "mae-guided",
         "vlp-baseline",
         "vlp-true-masks",
+    ]
+
+
+def test_the_silhouette_arms_train_the_silhouette_term_on_their_masks() -> None:
+    from freeatm.api import parse_resource
+    from freeatm.runtime.shapesbench.study import _pretrain_doc
+
+    assert resolve_arms("silhouette-attention") == ["baseline", "baseline-generated", "silhouette-attention"]
+    for name in ARM_SETS["silhouette"]:
+        method = parse_resource(_pretrain_doc(ARMS[name], 0, "file:///d", "file:///o", PROTOCOL)).spec.method
+        assert method.fixes() == {
+            "maskAwareCrop": True,
+            "objectContrast": False,
+            "silhouette": True,
+        }
+        assert method.image_level() == (name == "silhouette-simclr")
+        assert ARMS[name].versus == ("baseline-generated" if name == "silhouette-attention" else "baseline")
+    assert [ARMS[n].masks for n in ARM_SETS["silhouette"]] == [
+        "true",
+        "shuffled",
+        "area-matched",
+        "true",
+        "attention",
     ]
 
 
@@ -192,14 +218,15 @@ def test_the_whole_study_runs_at_a_tiny_size(tmp_path: Path, capsys: pytest.Capt
 
     torch.set_num_threads(1)
     argv = ["--seeds", "2", "--images", "16", "--epochs", "1", "--val-images", "16", "--batch-size", "8"]
-    argv += ["--arms", "true-masks,iou-0.5,attention-masks", "--workdir", str(tmp_path)]
+    argv += ["--arms", "true-masks,iou-0.5,attention-masks,silhouette-true", "--workdir", str(tmp_path)]
     code = main(argv)
     assert code in (0, 1)  # gates may fail at this size; the machinery must not
     out = capsys.readouterr().out
     summary = json.loads(out.strip().splitlines()[-1])
     arms = summary["arms"]
-    assert set(arms) == {"baseline", "true-masks", "iou-0.5", "baseline-generated", "attention-masks"}
-    for name in ("baseline", "true-masks", "iou-0.5", "baseline-generated", "attention-masks"):
+    names = {"baseline", "true-masks", "iou-0.5", "baseline-generated", "attention-masks", "silhouette-true"}
+    assert set(arms) == names
+    for name in names:
         entry = arms[name]
         assert entry["seeds"] == 2 and entry["ci_low"] <= entry["mean_diff"] <= entry["ci_high"]
         assert entry["wins"] + entry["losses"] <= 2

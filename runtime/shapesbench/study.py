@@ -16,7 +16,7 @@ arms differ only in the masks they are given:
   seed's captions, with the masks of its cross-attention (a SyntheticDataset through the generation runtime),
   paired with ``baseline-generated``, SimCLR on the same generated images — reported as unavailable when no such
   model is installed, never run on other data;
-- ``silhouette``: the silhouette term alone (``imageLoss: false``, no object term) with mask-aware crops, on the
+- ``silhouette-true``: the silhouette term alone (``imageLoss: false``, no object term) with mask-aware crops, on the
   true masks; ``silhouette-shuffled`` and ``silhouette-area-matched`` on the control arms' masks (its negative
   controls); ``silhouette-simclr``: SimCLR with the silhouette term beside it at its default weight;
   ``silhouette-attention``: the term alone on the generated images' attention masks, paired with
@@ -334,7 +334,7 @@ ARMS: dict[str, Arm] = {
         Arm("iou-0.5", "contrastive", "iou-0.5", "baseline", "true masks degraded to IoU 0.5"),
         Arm("baseline-generated", "contrastive", None, REFERENCE, "SimCLR on the toy model's images, no masks", True),
         Arm("attention-masks", "contrastive", "attention", "baseline-generated", "the toy model's images and cross-attention masks", True),
-        Arm("silhouette", "contrastive", "true", "baseline", "the silhouette term alone, true masks", method=SILHOUETTE_ALONE),
+        Arm("silhouette-true", "contrastive", "true", "baseline", "the silhouette term alone, true masks", method=SILHOUETTE_ALONE),
         Arm("silhouette-shuffled", "contrastive", "shuffled", "baseline", "the silhouette term alone, another image's masks: negative control", method=SILHOUETTE_ALONE),
         Arm("silhouette-area-matched", "contrastive", "area-matched", "baseline", "the silhouette term alone, random boxes of the objects' areas: negative control", method=SILHOUETTE_ALONE),
         Arm("silhouette-simclr", "contrastive", "true", "baseline", "SimCLR + the silhouette term (weight 1), true masks", method={"objectContrast": False, "silhouette": True}),
@@ -352,7 +352,7 @@ ARM_SETS: dict[str, tuple[str, ...]] = {
     "core": ("baseline", "true-masks", "shuffled-masks", "area-matched", "attention-masks"),
     "dose": ("baseline", "iou-0.9", "iou-0.7", "iou-0.5"),
     "silhouette": (
-        "silhouette",
+        "silhouette-true",
         "silhouette-shuffled",
         "silhouette-area-matched",
         "silhouette-simclr",
