@@ -192,6 +192,7 @@ def test_clutter_dataset_in_the_synthetic_format(tmp_path: Path) -> None:
 
 def test_bad_options_are_refused_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--arms", "nope"]) == 2
+    assert main(["--first-seed", "-1"]) == 2
     assert main(["--seeds", "0"]) == 2
     assert "unknown arm" in capsys.readouterr().err
 
@@ -217,8 +218,9 @@ def test_the_whole_study_runs_at_a_tiny_size(tmp_path: Path, capsys: pytest.Capt
     import torch
 
     torch.set_num_threads(1)
-    argv = ["--seeds", "2", "--images", "16", "--epochs", "1", "--val-images", "16", "--batch-size", "8"]
-    argv += ["--arms", "true-masks,iou-0.5,attention-masks,silhouette-true", "--workdir", str(tmp_path)]
+    argv = ["--seeds", "2", "--first-seed", "1", "--images", "16", "--epochs", "1", "--val-images", "16"]
+    argv += ["--batch-size", "8", "--arms", "true-masks,iou-0.5,attention-masks,silhouette-true"]
+    argv += ["--workdir", str(tmp_path)]
     code = main(argv)
     assert code in (0, 1)  # gates may fail at this size; the machinery must not
     out = capsys.readouterr().out
@@ -236,6 +238,7 @@ def test_the_whole_study_runs_at_a_tiny_size(tmp_path: Path, capsys: pytest.Capt
     manifest = json.loads((tmp_path / "seed-1" / "data" / "generated" / "manifest.json").read_text())
     assert manifest["model"]["uri"] == "toy://shapes-clutter" and manifest["hasMasks"]
     assert manifest["classes"] == list(CLUTTER_SHAPES) and manifest["images"] == 16
+    assert (tmp_path / "seed-2").is_dir() and not (tmp_path / "seed-0").exists()  # --first-seed 1
     assert 0.35 < arms["iou-0.5"]["maskIoU"] < 0.65
     assert set(summary["gates"]) == {
         "probe-sees-learnt-shapes",

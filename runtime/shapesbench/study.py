@@ -910,6 +910,13 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu: clutter at 32 px on 2 CPU cores; gpu: the larger form (crowd at 64 px, ViT-S/8) on one GPU",
     )
     parser.add_argument("--seeds", type=int)
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds are first-seed … first-seed + seeds − 1 (a replication on fresh seeds: the same protocol on "
+        "other data, initialisations and draws)",
+    )
     parser.add_argument("--images", type=int, help="pretraining images per seed")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--val-images", type=int, help="probe train and val images")
@@ -938,6 +945,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, option) is not None and getattr(args, option) < 1:
             errors.print(f"--{option.replace('_', '-')} must be at least 1")
             return 2
+    if args.first_seed < 0:
+        errors.print("--first-seed must be at least 0")
+        return 2
+    protocol["seeds"] = list(range(args.first_seed, args.first_seed + protocol["seeds"]))
     try:
         resolve_arms(args.arms)
     except ValueError as e:
