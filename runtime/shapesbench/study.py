@@ -615,9 +615,9 @@ def _arm_maps(masks: str, truth: list[np.ndarray], seed: int) -> list[np.ndarray
 
 
 def resolve_arms(spec: str) -> list[str]:
-    """Arm names from a comma list of arms and arm sets (core, dose, silhouette, mae, vlp, all), in ARMS order, with the arms
-    they are compared against (and the contrastive baseline, which the gates are about, whenever an arm scored on
-    the object-centric metrics runs); ValueError names what is unknown."""
+    """Arm names from a comma list of arms and arm sets (core, dose, silhouette, mae, vlp, all), in ARMS order,
+    with the arms they are compared against (and the contrastive baseline, which the gates are about, whenever an
+    arm scored on the object-centric metrics runs); ValueError names what is unknown."""
     wanted: set[str] = set()
     for part in (s.strip() for s in spec.split(",") if s.strip()):
         if part in ARM_SETS:
