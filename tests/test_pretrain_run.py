@@ -183,10 +183,21 @@ def test_killed_run_resumes_from_the_saved_step(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("framework", ["contrastive", "vlp"])
-def test_two_process_ddp_reads_disjoint_samples(dataset: str, tmp_path: Path, framework: str) -> None:
+@pytest.mark.parametrize(
+    ("framework", "method"),
+    [
+        ("contrastive", {}),
+        ("vlp", {}),
+        # no projector: every parameter a term trains gets a gradient on every rank
+        ("contrastive", {"imageLoss": False, "objectContrast": False, "silhouette": True}),
+    ],
+)
+def test_two_process_ddp_reads_disjoint_samples(
+    dataset: str, tmp_path: Path, framework: str, method: dict
+) -> None:
     out = f"file://{tmp_path}/out"
     doc = pretrain_doc(dataset, out, framework=framework, epochs=1, batchSize=8, checkpointEvery=100)
+    doc["spec"]["method"] |= method
     doc["spec"]["distributed"] = {"nodes": 2}  # two CPU processes
     spec = _spec_file(tmp_path, doc)
     trace = tmp_path / "trace"
@@ -205,6 +216,6 @@ def test_two_process_ddp_reads_disjoint_samples(dataset: str, tmp_path: Path, fr
     assert seen[0] and seen[1] and not seen[0] & seen[1]
     assert all(len(t["index"]) == 4 for r in ranks for t in r)
     _, meta = load_export(out)
-    assert meta["steps"] == 5
+    assert meta["steps"] == 5 and meta["method"] | method == meta["method"]
     progress = _progress(tmp_path / "p.jsonl")
     assert progress and progress[-1]["done"] == 5  # rank 0 only reports
