@@ -245,10 +245,7 @@ def test_deleting_a_resource_deletes_its_workload(cluster):
     c.create(doc)
     wait_for(lambda: c.job("gone-train"))
     # The Service selects the pods of this Job by its uid, so it is created right after the Job, not with it.
-    assert (
-        wait_for(lambda: c.get("Service", "gone-train"), what="headless Service")["spec"]["clusterIP"]
-        == "None"
-    )
+    assert wait_for(lambda: c.get("Service", "gone-train"), what="headless Service")["spec"]["clusterIP"] == "None"
     c.delete("MaskPretrainJob", "gone")
     wait_for(
         lambda: c.job("gone-train") is None and c.get("Service", "gone-train") is None,
