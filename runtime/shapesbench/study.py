@@ -322,6 +322,10 @@ class Arm:
 
 # the silhouette term trained alone, with mask-aware crops (docs/study.md, "The silhouette arms")
 SILHOUETTE_ALONE = {"imageLoss": False, "objectContrast": False, "silhouette": True}
+# the silhouette term beside the InfoNCE terms, at the weight a seed-0 pilot chose (docs/study.md, "The weighted
+# silhouette arms")
+SIMCLR_SILHOUETTE_64 = {"objectContrast": False, "silhouette": True, "silhouetteLossWeight": 64.0}
+METHOD_SILHOUETTE_64 = {"silhouette": True, "silhouetteLossWeight": 64.0}
 ARMS: dict[str, Arm] = {
     a.name: a
     for a in (
@@ -339,6 +343,10 @@ ARMS: dict[str, Arm] = {
         Arm("silhouette-area-matched", "contrastive", "area-matched", "baseline", "the silhouette term alone, random boxes of the objects' areas: negative control", method=SILHOUETTE_ALONE),
         Arm("silhouette-simclr", "contrastive", "true", "baseline", "SimCLR + the silhouette term (weight 1), true masks", method={"objectContrast": False, "silhouette": True}),
         Arm("silhouette-attention", "contrastive", "attention", "baseline-generated", "the silhouette term alone on the toy model's images and cross-attention masks", True, SILHOUETTE_ALONE),
+        Arm("silhouette-simclr-w64", "contrastive", "true", "baseline", "SimCLR + the silhouette term at weight 64, true masks", method=SIMCLR_SILHOUETTE_64),
+        Arm("silhouette-simclr-w64-shuffled", "contrastive", "shuffled", "baseline", "SimCLR + the silhouette term at weight 64, another image's masks: negative control", method=SIMCLR_SILHOUETTE_64),
+        Arm("silhouette-method-w64", "contrastive", "true", "baseline", "true-masks' objective + the silhouette term at weight 64, true masks", method=METHOD_SILHOUETTE_64),
+        Arm("silhouette-method-w64-shuffled", "contrastive", "shuffled", "baseline", "true-masks' objective + the silhouette term at weight 64, another image's masks: negative control", method=METHOD_SILHOUETTE_64),
         Arm("mae-uniform", "mim", None, REFERENCE, "MAE, uniform masking"),
         Arm("mae-guided", "mim", "true", "mae-uniform", "MAE, guided masking with hints, true masks"),
         Arm("vlp-baseline", "vlp", None, REFERENCE, "image–caption InfoNCE only, no masks"),
@@ -357,6 +365,12 @@ ARM_SETS: dict[str, tuple[str, ...]] = {
         "silhouette-area-matched",
         "silhouette-simclr",
         "silhouette-attention",
+    ),
+    "silhouette-weighted": (
+        "silhouette-simclr-w64",
+        "silhouette-simclr-w64-shuffled",
+        "silhouette-method-w64",
+        "silhouette-method-w64-shuffled",
     ),
     "mae": ("mae-uniform", "mae-guided"),
     "vlp": ("vlp-baseline", "vlp-true-masks", "vlp-shuffled-masks", "vlp-attention-masks"),
@@ -615,7 +629,7 @@ def _arm_maps(masks: str, truth: list[np.ndarray], seed: int) -> list[np.ndarray
 
 
 def resolve_arms(spec: str) -> list[str]:
-    """Arm names from a comma list of arms and arm sets (core, dose, silhouette, mae, vlp, all), in ARMS order,
+    """Arm names from a comma list of arms and arm sets (the keys of ARM_SETS), in ARMS order,
     with the arms they are compared against (and the contrastive baseline, which the gates are about, whenever an
     arm scored on the object-centric metrics runs); ValueError names what is unknown."""
     wanted: set[str] = set()
