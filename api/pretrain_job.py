@@ -41,7 +41,10 @@ FIXES: dict[str, tuple[str, ...]] = {
 DEFAULT_ON = {"mask_aware_crop", "object_contrast", "guided_masking", "region_phrase_alignment"}
 TEXT_TOKENIZER_SCHEMES = ("toy", "file", "pvc")
 PHRASE_TEMPERATURE, PHRASE_LOSS_WEIGHT = 0.07, 1.0  # regionPhraseAlignment's defaults
-SILHOUETTE_LOSS_WEIGHT = 1.0  # silhouette's default
+# silhouette's default: beside SimCLR's image term the silhouette term's gradient on the backbone is 14-51 times
+# smaller, and at weight 1 it learns nothing; 64 is the weight the study chose and confirmed on fresh seeds
+# (benchmarks/RESULTS.md, "The silhouette term's weight"). Trained alone, its weight does not matter (AdamW).
+SILHOUETTE_LOSS_WEIGHT = 64.0
 SHAPESBENCH_TOKENIZER = "toy://shapesbench"  # the text tower's built-in tokenizer (runtime/dual_encoder.py)
 
 
@@ -150,7 +153,8 @@ class Method(Model):
     """objectContrast: weight of the object-level term added to the image-level loss (DetCon trains on the
     object term alone, weight 1)."""
     silhouette_loss_weight: float | None = Field(default=None, ge=0.0, le=100.0)
-    """silhouette: weight of the silhouette term added to the other terms (default 1)."""
+    """silhouette: weight of the silhouette term added to the other terms (default 64: its gradient is far smaller
+    than the InfoNCE terms', and at weight 1 it learns nothing beside them)."""
     min_object_share: float = Field(default=0.3, gt=0.0, le=1.0)
     """maskAwareCrop: share of the chosen object's pixels each crop must keep. Crop size and aspect are the
     baseline's; only the position is chosen (among those that keep the share), and a crop for which no position

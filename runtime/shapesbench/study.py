@@ -341,7 +341,7 @@ ARMS: dict[str, Arm] = {
         Arm("silhouette-true", "contrastive", "true", "baseline", "the silhouette term alone, true masks", method=SILHOUETTE_ALONE),
         Arm("silhouette-shuffled", "contrastive", "shuffled", "baseline", "the silhouette term alone, another image's masks: negative control", method=SILHOUETTE_ALONE),
         Arm("silhouette-area-matched", "contrastive", "area-matched", "baseline", "the silhouette term alone, random boxes of the objects' areas: negative control", method=SILHOUETTE_ALONE),
-        Arm("silhouette-simclr", "contrastive", "true", "baseline", "SimCLR + the silhouette term (weight 1), true masks", method={"objectContrast": False, "silhouette": True}),
+        Arm("silhouette-simclr", "contrastive", "true", "baseline", "SimCLR + the silhouette term (weight 1), true masks", method={"objectContrast": False, "silhouette": True, "silhouetteLossWeight": 1.0}),
         Arm("silhouette-attention", "contrastive", "attention", "baseline-generated", "the silhouette term alone on the toy model's images and cross-attention masks", True, SILHOUETTE_ALONE),
         Arm("silhouette-simclr-w64", "contrastive", "true", "baseline", "SimCLR + the silhouette term at weight 64, true masks", method=SIMCLR_SILHOUETTE_64),
         Arm("silhouette-simclr-w64-shuffled", "contrastive", "shuffled", "baseline", "SimCLR + the silhouette term at weight 64, another image's masks: negative control", method=SIMCLR_SILHOUETTE_64),
