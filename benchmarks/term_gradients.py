@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import statistics
 from pathlib import Path
 
@@ -41,12 +42,14 @@ def term_gradient_norms(data: Path, checkpoint: str, seed: int, batches: int) ->
     trainer = Trainer(parse_resource(doc))
     model = trainer.model
     if checkpoint != "random":
-        state = torch.load(checkpoint, weights_only=False)["model"]
-        missing = model.load_state_dict(state, strict=False).missing_keys
+        not_ours = f"{checkpoint}: not a contrastive training checkpoint of {study.PROTOCOL['backbone']}"
+        try:
+            state = torch.load(checkpoint, weights_only=False)["model"]
+            missing = model.load_state_dict(state, strict=False).missing_keys
+        except (RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
+            raise SystemExit(f"{not_ours}: {str(e).splitlines()[0]}") from None
         if any(not k.startswith("silhouette_head.") for k in missing):
-            raise SystemExit(
-                f"{checkpoint}: not a contrastive checkpoint of this backbone (missing {missing[:3]})"
-            )
+            raise SystemExit(f"{not_ours} (missing {', '.join(missing[:3])})")
     params = list(model.backbone.parameters())
     norms: dict[str, list[float]] = {t: [] for t in TERMS}
     for b, batch in enumerate(trainer.batches(0, workers=0)):
@@ -79,6 +82,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the dataset's seed (the study's seed)")
     parser.add_argument("--batches", type=int, default=4, help="batches of the study's size to measure")
     args = parser.parse_args()
+    if not (args.data / "manifest.json").is_file():
+        parser.error(f"{args.data}: not a study dataset (no manifest.json)")
+    for c in args.checkpoints:
+        if c != "random" and not Path(c).is_file():
+            parser.error(f"{c}: no such checkpoint file")
     torch.set_num_threads(1)
     results = {
         (c if c == "random" else Path(c).parent.parent.name): term_gradient_norms(
