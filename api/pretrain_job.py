@@ -43,7 +43,8 @@ TEXT_TOKENIZER_SCHEMES = ("toy", "file", "pvc")
 PHRASE_TEMPERATURE, PHRASE_LOSS_WEIGHT = 0.07, 1.0  # regionPhraseAlignment's defaults
 # silhouette's default: beside SimCLR's image term the silhouette term's gradient on the backbone is 14-51 times
 # smaller, and at weight 1 it learns nothing; 64 is the weight the study chose and confirmed on fresh seeds
-# (benchmarks/RESULTS.md, "The silhouette term's weight"). Trained alone, its weight does not matter (AdamW).
+# (benchmarks/RESULTS.md, "The silhouette term's weight beside the InfoNCE terms"). Trained alone, its weight does
+# not matter (AdamW).
 SILHOUETTE_LOSS_WEIGHT = 64.0
 SHAPESBENCH_TOKENIZER = "toy://shapesbench"  # the text tower's built-in tokenizer (runtime/dual_encoder.py)
 

@@ -18,9 +18,11 @@ arms differ only in the masks they are given:
   model is installed, never run on other data;
 - ``silhouette-true``: the silhouette term alone (``imageLoss: false``, no object term) with mask-aware crops, on the
   true masks; ``silhouette-shuffled`` and ``silhouette-area-matched`` on the control arms' masks (its negative
-  controls); ``silhouette-simclr``: SimCLR with the silhouette term beside it at its default weight;
+  controls); ``silhouette-simclr``: SimCLR with the silhouette term beside it at weight 1;
   ``silhouette-attention``: the term alone on the generated images' attention masks, paired with
   ``baseline-generated``;
+- ``silhouette-simclr-w64`` and ``silhouette-method-w64``: the silhouette term at weight 64 beside SimCLR, and
+  beside ``true-masks``' objective, each with a shuffled-mask control (``…-shuffled``);
 - ``mae-uniform`` and ``mae-guided``: MAE with uniform masking vs attention-guided masking with hints;
 - ``vlp-baseline`` (image–caption InfoNCE only), ``vlp-true-masks`` (plus the region–phrase term on the true
   masks: the positive control), ``vlp-shuffled-masks`` (on another image's masks: a negative control) and
@@ -37,7 +39,8 @@ those that read a text tower: ``grounding`` (the primary metric, mean IoU: what 
 95% confidence interval over seeds (t distribution) with how many seeds went each way, checks its validity
 gates (about the contrastive baseline, so only when an object-centric arm runs) and prints a JSON object last.
 The protocol (:data:`PROTOCOL`, ``docs/study.md``) was fixed before any attention-mask arm was run, its VLP
-part before any VLP arm was, and the silhouette arms before any of them ran through the product.
+part before any VLP arm was, the silhouette arms before any of them ran through the product, and the weighted silhouette arms before
+they ran on the seeds they report.
 """
 
 from __future__ import annotations
