@@ -20,20 +20,18 @@ The dataset must be a study dataset (rendered clutter scenes of `--seed`); the l
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import study_checkpoints
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from freeatm.api import parse_resource
 from freeatm.runtime.pretrain.contrastive import MIN_OBJECT_AREA, mask_pool
-from freeatm.runtime.pretrain.loop import Trainer
 from freeatm.runtime.shapes import render
 from freeatm.runtime.shapesbench import study
 
@@ -56,10 +54,7 @@ def cue_accuracies(
     """(accuracy, count) per entry of COLUMNS for `checkpoint` of `backbone` ("random": the initialisation of
     `seed`)."""
     p = {**study.PROTOCOL, "backbone": backbone}
-    doc = study._pretrain_doc(study.ARMS["true-masks"], seed, data.as_uri(), "file:///dev/null", p)
-    trainer = Trainer(parse_resource(doc))
-    if checkpoint != "random":
-        trainer.model.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
+    trainer = study_checkpoints.trainer("true-masks", data, checkpoint, seed, backbone)
     model = trainer.model.eval()
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
@@ -107,22 +102,16 @@ def cue_accuracies(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "data", type=Path, help="a study dataset with true masks (<workdir>/seed-N/data/true)"
-    )
-    parser.add_argument("checkpoints", nargs="+", help="training checkpoints (.pt) or `random`")
-    parser.add_argument("--seed", type=int, default=0, help="the dataset's seed (the study's seed)")
-    parser.add_argument("--batches", type=int, default=6, help="batches of the study's size to score")
+    parser = study_checkpoints.parser(__doc__.splitlines()[0], batches=6)
     parser.add_argument(
         "--backbone",
         default=study.PROTOCOL["backbone"],
         help="the backbone the checkpoints were trained with",
     )
-    args = parser.parse_args()
+    args = study_checkpoints.parse(parser)
     torch.set_num_threads(1)
     results = {
-        Path(c).parent.parent.name or c: cue_accuracies(args.data, c, args.seed, args.batches, args.backbone)
+        study_checkpoints.label(c): cue_accuracies(args.data, c, args.seed, args.batches, args.backbone)
         for c in args.checkpoints
     }
     table = Table("how often the partner beats …", *results, title="object term, across the two views")

@@ -17,19 +17,14 @@ The last line is JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
-import pickle
 import statistics
 from pathlib import Path
 
+import study_checkpoints
 import torch
 from rich.console import Console
 from rich.table import Table
-
-from freeatm.api import parse_resource
-from freeatm.runtime.pretrain.loop import Trainer
-from freeatm.runtime.shapesbench import study
 
 TERMS = ("image", "object", "silhouette")
 
@@ -37,19 +32,11 @@ TERMS = ("image", "object", "silhouette")
 def term_gradient_norms(data: Path, checkpoint: str, seed: int, batches: int) -> dict[str, float]:
     """Mean over `batches` of each term's backbone gradient norm for `checkpoint` ("random": the initialisation of
     `seed`), with the image / silhouette and image / object ratios."""
-    arm = study.ARMS["silhouette-method-w64"]  # every term on
-    doc = study._pretrain_doc(arm, seed, data.as_uri(), "file:///dev/null", study.PROTOCOL)
-    trainer = Trainer(parse_resource(doc))
+    # every term on; a checkpoint trained without the silhouette term keeps the head's initialisation
+    trainer = study_checkpoints.trainer(
+        "silhouette-method-w64", data, checkpoint, seed, may_lack=("silhouette_head.",)
+    )
     model = trainer.model
-    if checkpoint != "random":
-        not_ours = f"{checkpoint}: not a contrastive training checkpoint of {study.PROTOCOL['backbone']}"
-        try:
-            state = torch.load(checkpoint, weights_only=False)["model"]
-            missing = model.load_state_dict(state, strict=False).missing_keys
-        except (RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
-            raise SystemExit(f"{not_ours}: {str(e).splitlines()[0]}") from None
-        if any(not k.startswith("silhouette_head.") for k in missing):
-            raise SystemExit(f"{not_ours} (missing {', '.join(missing[:3])})")
     params = list(model.backbone.parameters())
     norms: dict[str, list[float]] = {t: [] for t in TERMS}
     for b, batch in enumerate(trainer.batches(0, workers=0)):
@@ -74,24 +61,10 @@ def term_gradient_norms(data: Path, checkpoint: str, seed: int, batches: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "data", type=Path, help="a study dataset with true masks (<workdir>/seed-N/data/true)"
-    )
-    parser.add_argument("checkpoints", nargs="+", help="contrastive training checkpoints (.pt) or `random`")
-    parser.add_argument("--seed", type=int, default=0, help="the dataset's seed (the study's seed)")
-    parser.add_argument("--batches", type=int, default=4, help="batches of the study's size to measure")
-    args = parser.parse_args()
-    if not (args.data / "manifest.json").is_file():
-        parser.error(f"{args.data}: not a study dataset (no manifest.json)")
-    for c in args.checkpoints:
-        if c != "random" and not Path(c).is_file():
-            parser.error(f"{c}: no such checkpoint file")
+    args = study_checkpoints.parse(study_checkpoints.parser(__doc__.splitlines()[0], batches=4))
     torch.set_num_threads(1)
     results = {
-        (c if c == "random" else Path(c).parent.parent.name): term_gradient_norms(
-            args.data, c, args.seed, args.batches
-        )
+        study_checkpoints.label(c): term_gradient_norms(args.data, c, args.seed, args.batches)
         for c in args.checkpoints
     }
     table = Table("backbone gradient norm", *results, title="each term's pull on the backbone (unweighted)")
