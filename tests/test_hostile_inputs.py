@@ -320,12 +320,12 @@ CASES = [
         "spec.generation.guidanceScale",
         "finite",
     ),
-    text("lr infinite", "lr: 0.004", "lr: .inf", MPJ, "spec.training.lr", "finite"),
+    text("lr infinite", "lr: 0.016", "lr: .inf", MPJ, "spec.training.lr", "finite"),
     text("threshold -inf", "value: 0.5}", "value: -.inf}", SDS, "spec.attention.threshold.value", "finite"),
     text(
         "huge training seed",
-        "checkpointEvery: 16",
-        "checkpointEvery: 16, seed: 99999999999999999999",
+        "checkpointEvery: 80",
+        "checkpointEvery: 80, seed: 99999999999999999999",
         MPJ,
         "spec.training.seed",
         "less than or equal",
@@ -341,7 +341,7 @@ CASES = [
     text("negative seed", "seed: 0", "seed: -1", SDS, "spec.generation.seed", "greater than"),
     text(
         "huge checkpointEvery",
-        "checkpointEvery: 16",
+        "checkpointEvery: 80",
         "checkpointEvery: 9223372036854775808",
         MPJ,
         "spec.training.checkpointEvery",
@@ -469,7 +469,7 @@ CASES = [
     ),  # fmt: skip
     text(
         "random:// unknown backbone",
-        "random://vit_tiny_patch8",
+        "random://vit_test_patch4",
         "random://vit_huge",
         EVJ,
         "spec.checkpoints[2].uri",
