@@ -197,6 +197,30 @@ def test_bad_options_are_refused_without_a_traceback(capsys: pytest.CaptureFixtu
     assert "unknown arm" in capsys.readouterr().err
 
 
+def test_pilot_options_change_the_scenes_and_pixels(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import freeatm.runtime.shapesbench.study as module
+
+    seen: list[dict[str, object]] = []
+
+    def refuse(workdir: Path, protocol: dict[str, object], log: object) -> dict[str, object]:
+        seen.append(protocol)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(module, "study", refuse)
+    argv = ["--variant", "plain", "--image-size", "64", "--backbone", "vit_test_patch8"]
+    assert main(argv) == 2
+    assert seen[0]["variant"] == "plain" and seen[0]["imageSize"] == 64
+    assert (
+        seen[0]["backbone"] == "vit_test_patch8" and seen[0]["epochs"] == 20
+    )  # the rest stays the protocol's
+    assert main(["--image-size", "0"]) == 2 and len(seen) == 1
+    assert "--image-size must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--variant", "nope"])
+
+
 def test_the_gpu_form_needs_a_gpu(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -70,7 +70,7 @@ from ..dataset_format import (
     shard_name,
     write_shard,
 )
-from ..shapes import COLOURS, Scene, max_objects, render_stream, shapes_of
+from ..shapes import COLOURS, VARIANTS, Scene, max_objects, render_stream, shapes_of
 from ..storage import open_store
 
 
@@ -940,6 +940,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        help="other scenes than the protocol's (a pilot, not the study's result)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, help="other pixels than the protocol's (a pilot, as --variant)"
+    )
+    parser.add_argument(
         "--arms",
         default="core",
         help=f"comma list of arms ({', '.join(ARMS)}) or sets ({', '.join(ARM_SETS)})",
@@ -952,13 +960,14 @@ def main(argv: list[str] | None = None) -> int:
     # Piped output (a log, CI) gets a width that keeps the table's columns readable.
     console = Console(width=None if sys.stdout.isatty() else 150)
     errors = Console(stderr=True)
-    sizes = {"seeds": "seeds", "images": "images", "epochs": "epochs", "val_images": "valImages",
-             "backbone": "backbone", "batch_size": "batchSize"}  # fmt: skip
+    overrides = {"seeds": "seeds", "images": "images", "epochs": "epochs", "val_images": "valImages",
+             "backbone": "backbone", "batch_size": "batchSize", "variant": "variant",
+             "image_size": "imageSize"}  # fmt: skip
     protocol = PROTOCOLS[args.protocol] | {"arms": args.arms}
     protocol |= {
-        key: getattr(args, option) for option, key in sizes.items() if getattr(args, option) is not None
+        key: getattr(args, option) for option, key in overrides.items() if getattr(args, option) is not None
     }
-    for option in ("seeds", "images", "epochs", "val_images", "batch_size"):
+    for option in ("seeds", "images", "epochs", "val_images", "batch_size", "image_size"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             errors.print(f"--{option.replace('_', '-')} must be at least 1")
             return 2
