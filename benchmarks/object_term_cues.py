@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import study_checkpoints
@@ -33,7 +34,6 @@ from rich.table import Table
 
 from freeatm.runtime.pretrain.contrastive import MIN_OBJECT_AREA, mask_pool
 from freeatm.runtime.shapes import render
-from freeatm.runtime.shapesbench import study
 
 COLUMNS = {
     "top1": "every object (top-1)",
@@ -49,12 +49,11 @@ COLUMNS = {
 
 
 def cue_accuracies(
-    data: Path, checkpoint: str, seed: int, batches: int, backbone: str = study.PROTOCOL["backbone"]
+    data: Path, checkpoint: str, seed: int, batches: int, p: dict[str, Any]
 ) -> dict[str, tuple[float, int]]:
-    """(accuracy, count) per entry of COLUMNS for `checkpoint` of `backbone` ("random": the initialisation of
+    """(accuracy, count) per entry of COLUMNS for `checkpoint` under protocol `p` ("random": the initialisation of
     `seed`)."""
-    p = {**study.PROTOCOL, "backbone": backbone}
-    trainer = study_checkpoints.trainer("true-masks", data, checkpoint, seed, backbone)
+    trainer = study_checkpoints.trainer("true-masks", data, checkpoint, seed, p)
     model = trainer.model.eval()
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
@@ -104,14 +103,13 @@ def cue_accuracies(
 def main() -> None:
     parser = study_checkpoints.parser(__doc__.splitlines()[0], batches=6)
     parser.add_argument(
-        "--backbone",
-        default=study.PROTOCOL["backbone"],
-        help="the backbone the checkpoints were trained with",
+        "--backbone", help="the backbone the checkpoints were trained with (default: the protocol's)"
     )
     args = study_checkpoints.parse(parser)
+    p = study_checkpoints.protocol(args) | ({"backbone": args.backbone} if args.backbone else {})
     torch.set_num_threads(1)
     results = {
-        study_checkpoints.label(c): cue_accuracies(args.data, c, args.seed, args.batches, args.backbone)
+        study_checkpoints.label(c): cue_accuracies(args.data, c, args.seed, args.batches, p)
         for c in args.checkpoints
     }
     table = Table("how often the partner beats …", *results, title="object term, across the two views")

@@ -1,12 +1,14 @@
 """What the study's checkpoint diagnostics share (object_term_cues.py, term_gradients.py): their command line (a
 study dataset with true masks, training checkpoints or `random`, the seed, how many batches) with clear errors
-for bad input, and a trainer on the study's mask-aware views with a checkpoint loaded into its model."""
+for bad input, and a trainer on the study's mask-aware views with a checkpoint loaded into its model. They read
+on this machine's CPU in fp32 whichever protocol (`--protocol`) trained the checkpoints."""
 
 from __future__ import annotations
 
 import argparse
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,13 +18,24 @@ from freeatm.runtime.shapesbench import study
 
 
 def parser(description: str, batches: int) -> argparse.ArgumentParser:
-    """The diagnostics' arguments: data, checkpoints, --seed, --batches (default `batches`)."""
+    """The diagnostics' arguments: data, checkpoints, --seed, --batches (default `batches`), --protocol."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("data", type=Path, help="a study dataset with true masks (<workdir>/seed-N/data/true)")
     p.add_argument("checkpoints", nargs="+", help="contrastive training checkpoints (.pt) or `random`")
     p.add_argument("--seed", type=int, default=0, help="the dataset's seed (the study's seed)")
     p.add_argument("--batches", type=int, default=batches, help="batches of the study's size to read")
+    p.add_argument(
+        "--protocol",
+        choices=study.PROTOCOLS,
+        default="cpu",
+        help="the study protocol the data and checkpoints are of",
+    )
     return p
+
+
+def protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """The study protocol of `args.protocol`, read on the CPU in fp32 (its data, sizes, batch and backbone)."""
+    return study.PROTOCOLS[args.protocol] | {"gpus": 0, "precision": "fp32"}
 
 
 def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
@@ -44,18 +57,13 @@ def label(checkpoint: str) -> str:
 
 
 def trainer(
-    arm: str,
-    data: Path,
-    checkpoint: str,
-    seed: int,
-    backbone: str = study.PROTOCOL["backbone"],
-    may_lack: tuple[str, ...] = (),
+    arm: str, data: Path, checkpoint: str, seed: int, p: dict[str, Any], may_lack: tuple[str, ...] = ()
 ) -> Trainer:
-    """The trainer of study arm `arm` on `data` with `seed`'s draws, its model holding `checkpoint` ("random": the
-    initialisation of `seed`). Modules named in `may_lack` (e.g. "silhouette_head.") keep their initialisation
-    when the checkpoint has none; exit 1 with a message when the file is not a contrastive training checkpoint of
-    `backbone` or lacks another module."""
-    p = {**study.PROTOCOL, "backbone": backbone}
+    """The trainer of study arm `arm` under protocol `p` on `data` with `seed`'s draws, its model holding
+    `checkpoint` ("random": the initialisation of `seed`). Modules named in `may_lack` (e.g. "silhouette_head.")
+    keep their initialisation when the checkpoint has none; exit 1 with a message when the file is not a
+    contrastive training checkpoint of `p`'s backbone or lacks another module."""
+    backbone = p["backbone"]
     t = Trainer(
         parse_resource(study._pretrain_doc(study.ARMS[arm], seed, data.as_uri(), "file:///dev/null", p))
     )

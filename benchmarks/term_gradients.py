@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import study_checkpoints
 import torch
@@ -29,12 +30,14 @@ from rich.table import Table
 TERMS = ("image", "object", "silhouette")
 
 
-def term_gradient_norms(data: Path, checkpoint: str, seed: int, batches: int) -> dict[str, float]:
+def term_gradient_norms(
+    data: Path, checkpoint: str, seed: int, batches: int, p: dict[str, Any]
+) -> dict[str, float]:
     """Mean over `batches` of each term's backbone gradient norm for `checkpoint` ("random": the initialisation of
-    `seed`), with the image / silhouette and image / object ratios."""
+    `seed`) under protocol `p`, with the image / silhouette and image / object ratios."""
     # every term on; a checkpoint trained without the silhouette term keeps the head's initialisation
     trainer = study_checkpoints.trainer(
-        "silhouette-method-w64", data, checkpoint, seed, may_lack=("silhouette_head.",)
+        "silhouette-method-w64", data, checkpoint, seed, p, may_lack=("silhouette_head.",)
     )
     model = trainer.model
     params = list(model.backbone.parameters())
@@ -64,7 +67,9 @@ def main() -> None:
     args = study_checkpoints.parse(study_checkpoints.parser(__doc__.splitlines()[0], batches=4))
     torch.set_num_threads(1)
     results = {
-        study_checkpoints.label(c): term_gradient_norms(args.data, c, args.seed, args.batches)
+        study_checkpoints.label(c): term_gradient_norms(
+            args.data, c, args.seed, args.batches, study_checkpoints.protocol(args)
+        )
         for c in args.checkpoints
     }
     table = Table("backbone gradient norm", *results, title="each term's pull on the backbone (unweighted)")
